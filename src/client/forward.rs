@@ -1,0 +1,479 @@
+//! Message-level forwarding between a client and its server.
+//!
+//! Owns: what happens to each client message (forwarded as is, rewritten to a shared
+//! prepared-statement name, answered by pgvane itself) and the queue of responses the server
+//! owes, so that answers pgvane synthesises (ParseComplete, CloseComplete) reach the client in
+//! exactly the order PostgreSQL would have sent them, and answers to statements pgvane
+//! injected (a Parse before a Bind on a server that lacks the statement) are swallowed.
+//!
+//! Must not: block on anything but the pool checkout in `ensure_server`; decoding is limited
+//! to names, tags and status bytes (DataRow payloads are copied through untouched).
+
+use bytes::Bytes;
+
+use super::session::{End, Session};
+use crate::config::PoolMode;
+use crate::params::{self, SetCmd};
+use crate::protocol;
+
+/// A response the server owes for a message already sent, in order.
+#[derive(Debug)]
+pub enum Pending {
+    /// A simple Query; `set` is a SET/RESET to record if it succeeds.
+    Query {
+        set: Option<SetCmd>,
+        ok: bool,
+    },
+    /// Parse: `id` is the shared statement it prepares; `swallow` hides ParseComplete from the
+    /// client (pgvane injected it).
+    Parse {
+        id: Option<u64>,
+        swallow: bool,
+    },
+    Bind,
+    Describe,
+    Execute {
+        set: Option<SetCmd>,
+    },
+    Close {
+        id: Option<u64>,
+        swallow: bool,
+    },
+    Sync,
+    Function,
+    /// A message pgvane answers itself, released once everything before it has answered.
+    Synthetic(u8),
+}
+
+fn maybe_set(sql: &[u8]) -> Option<SetCmd> {
+    let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
+    if matches!(first, b's' | b'S' | b'r' | b'R' | b'/' | b'-') {
+        params::parse_set(std::str::from_utf8(sql).ok()?)
+    } else {
+        None
+    }
+}
+
+impl Session {
+    fn push_synthetic(&mut self, tag: u8) {
+        if self.pending.is_empty() {
+            write_synthetic(&mut self.cout, tag);
+        } else {
+            self.pending.push_back(Pending::Synthetic(tag));
+        }
+    }
+
+    fn drain_synthetic(&mut self) {
+        while let Some(Pending::Synthetic(tag)) = self.pending.front() {
+            let tag = *tag;
+            self.pending.pop_front();
+            write_synthetic(&mut self.cout, tag);
+        }
+    }
+
+    /// Write a Parse for `def` to the server and remember it there (evicting the LRU one).
+    fn prepare_on_server(&mut self, def: &super::prepared::StmtDef, swallow: bool) {
+        let max = self.ctx.general.max_prepared_statements;
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(victim) = server.prepared.insert(def.id, max) {
+            let mut name = Vec::with_capacity(24);
+            crate::server::statement_name(victim, &mut name);
+            protocol::target_msg(&mut self.sout, b'C', b'S', &name);
+            self.pending.push_back(Pending::Close {
+                id: Some(victim),
+                swallow: true,
+            });
+        }
+        protocol::parse_msg(&mut self.sout, &def.name, &def.query, &def.param_types);
+        self.pending.push_back(Pending::Parse {
+            id: Some(def.id),
+            swallow,
+        });
+    }
+
+    /// Make sure the named client statement exists on the server; returns its shared name.
+    fn ensure_prepared(
+        &mut self,
+        client_name: &[u8],
+    ) -> Option<std::sync::Arc<super::prepared::StmtDef>> {
+        let def = self.stmts.get(client_name)?.clone();
+        let present = self
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.touch(def.id));
+        if !present {
+            self.prepare_on_server(&def, true);
+        }
+        Some(def)
+    }
+
+    /// Handle one client message.
+    pub(super) async fn on_client_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        let tag = frame[0];
+        if self.skip_until_sync {
+            match tag {
+                b'S' => {
+                    self.skip_until_sync = false;
+                    if self.server.is_some() {
+                        self.sout.extend_from_slice(&frame);
+                        self.pending.push_back(Pending::Sync);
+                    } else {
+                        protocol::ready_for_query(&mut self.cout, self.tx_status);
+                    }
+                }
+                b'X' => return Err(End::ClientGone),
+                _ => {}
+            }
+            return Ok(());
+        }
+        match tag {
+            b'X' => Err(End::ClientGone),
+            b'Q' => {
+                if !self.ensure_server().await? {
+                    protocol::ready_for_query(&mut self.cout, b'I');
+                    return Ok(());
+                }
+                let set = maybe_set(protocol::query_text(&frame)?);
+                self.sout.extend_from_slice(&frame);
+                self.pending.push_back(Pending::Query { set, ok: false });
+                Ok(())
+            }
+            b'S' => {
+                if self.server.is_none() {
+                    self.drain_synthetic();
+                    protocol::ready_for_query(&mut self.cout, self.tx_status);
+                } else {
+                    self.sout.extend_from_slice(&frame);
+                    self.pending.push_back(Pending::Sync);
+                }
+                Ok(())
+            }
+            b'H' => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(&frame);
+                }
+                Ok(())
+            }
+            b'd' | b'c' | b'f' => {
+                if self.server.is_some() {
+                    self.sout.extend_from_slice(&frame);
+                }
+                Ok(())
+            }
+            b'C' => {
+                let (kind, name) = protocol::parse_target(&frame)?;
+                if kind == b'S' && !name.is_empty() && self.rewrite {
+                    // The shared statement stays prepared on servers; only the client's name goes.
+                    self.stmts.remove(name);
+                    self.push_synthetic(b'3');
+                    return Ok(());
+                }
+                if !self.need_server_extended().await? {
+                    return Ok(());
+                }
+                self.sout.extend_from_slice(&frame);
+                self.pending.push_back(Pending::Close {
+                    id: None,
+                    swallow: false,
+                });
+                Ok(())
+            }
+            b'P' | b'B' | b'D' | b'E' | b'F' => {
+                if !self.need_server_extended().await? {
+                    return Ok(());
+                }
+                self.forward_extended(frame)
+            }
+            other => Err(End::Fatal(
+                "08P01",
+                format!("invalid frontend message type {}", other),
+            )),
+        }
+    }
+
+    /// Checkout for an extended-protocol message; on failure skip to the next Sync.
+    async fn need_server_extended(&mut self) -> Result<bool, End> {
+        if self.ensure_server().await? {
+            Ok(true)
+        } else {
+            self.skip_until_sync = true;
+            Ok(false)
+        }
+    }
+
+    fn forward_extended(&mut self, frame: Bytes) -> Result<(), End> {
+        match frame[0] {
+            b'P' => {
+                let p = protocol::parse_parse(&frame)?;
+                let set = maybe_set(p.query);
+                if p.name.is_empty() || !self.rewrite {
+                    if p.name.is_empty() {
+                        self.unnamed_set = set;
+                    }
+                    self.sout.extend_from_slice(&frame);
+                    self.pending.push_back(Pending::Parse {
+                        id: None,
+                        swallow: false,
+                    });
+                    return Ok(());
+                }
+                let def = super::prepared::registry()
+                    .intern(frame.slice_ref(p.query), frame.slice_ref(p.param_types));
+                self.stmts.insert(p.name.to_vec(), def.clone());
+                let present = self
+                    .server
+                    .as_mut()
+                    .is_some_and(|s| s.prepared.touch(def.id));
+                if present {
+                    self.push_synthetic(b'1');
+                } else {
+                    self.prepare_on_server(&def, false);
+                }
+            }
+            b'B' => {
+                let b = protocol::parse_bind(&frame)?;
+                if b.statement.is_empty() {
+                    self.bound_set = self.unnamed_set.clone();
+                    self.sout.extend_from_slice(&frame);
+                } else if !self.rewrite {
+                    self.sout.extend_from_slice(&frame);
+                } else {
+                    match self.ensure_prepared(b.statement) {
+                        Some(def) => {
+                            self.bound_set = maybe_set(&def.query);
+                            protocol::bind_msg(&mut self.sout, b.portal, &def.name, b.rest);
+                        }
+                        None => self.sout.extend_from_slice(&frame),
+                    }
+                }
+                self.pending.push_back(Pending::Bind);
+            }
+            b'D' => {
+                let (kind, name) = protocol::parse_target(&frame)?;
+                if kind == b'S' && !name.is_empty() && self.rewrite {
+                    match self.ensure_prepared(name) {
+                        Some(def) => protocol::target_msg(&mut self.sout, b'D', b'S', &def.name),
+                        None => self.sout.extend_from_slice(&frame),
+                    }
+                } else {
+                    self.sout.extend_from_slice(&frame);
+                }
+                self.pending.push_back(Pending::Describe);
+            }
+            b'E' => {
+                self.sout.extend_from_slice(&frame);
+                let set = self.bound_set.take();
+                self.pending.push_back(Pending::Execute { set });
+            }
+            _ => {
+                // 'F' FunctionCall: answered like a simple query, with ReadyForQuery.
+                self.sout.extend_from_slice(&frame);
+                self.pending.push_back(Pending::Function);
+            }
+        }
+        Ok(())
+    }
+
+    /// Record a successful SET/RESET: the client keeps it, and this server now has it.
+    fn apply_set(&mut self, cmd: SetCmd) {
+        if let Some(server) = self.server.as_mut() {
+            match &cmd {
+                SetCmd::Set { name, sql } => {
+                    server.params.set(name, params::Setting::Sql(sql.clone()))
+                }
+                SetCmd::Reset(name) => server.params.remove(name),
+                SetCmd::ResetAll => server.params.clear(),
+            }
+        }
+        match cmd {
+            SetCmd::Set { name, sql } => self.session_params.set(&name, params::Setting::Sql(sql)),
+            SetCmd::Reset(name) => self.session_params.remove(&name),
+            SetCmd::ResetAll => self.session_params.clear(),
+        }
+        self.effective = self.ctx.startup.overlay(&self.session_params);
+    }
+
+    /// Handle one server message.
+    pub(super) fn on_server_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        let tag = frame[0];
+        if matches!(tag, b'N' | b'A' | b'S') {
+            self.cout.extend_from_slice(&frame);
+            return Ok(());
+        }
+        self.drain_synthetic();
+        if tag == b'E' {
+            return self.on_server_error(frame);
+        }
+        let Some(head) = self.pending.front_mut() else {
+            // Nothing was asked: a protocol desync. Forward and retire the connection.
+            self.cout.extend_from_slice(&frame);
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+            return Ok(());
+        };
+        let mut forward = true;
+        let mut done = false;
+        match head {
+            Pending::Query { set, ok } => match tag {
+                b'C' => {
+                    let t = protocol::command_tag(&frame);
+                    if set.is_some() && (t == b"SET" || t == b"RESET") {
+                        *ok = true;
+                    }
+                    self.note_tag(&frame);
+                }
+                b'Z' => done = true,
+                _ => {}
+            },
+            Pending::Parse { swallow, .. } => {
+                forward = !*swallow;
+                done = tag == b'1';
+            }
+            Pending::Bind => done = tag == b'2',
+            Pending::Describe => done = matches!(tag, b'T' | b'n'),
+            Pending::Execute { set } => {
+                done = matches!(tag, b'C' | b'I' | b's');
+                if tag == b'C' {
+                    let t = protocol::command_tag(&frame);
+                    if t == b"SET" || t == b"RESET" {
+                        if let Some(cmd) = set.take() {
+                            self.note_tag(&frame);
+                            self.cout.extend_from_slice(&frame);
+                            self.pending.pop_front();
+                            self.apply_set(cmd);
+                            self.drain_synthetic();
+                            return Ok(());
+                        }
+                    }
+                    self.note_tag(&frame);
+                }
+            }
+            Pending::Close { swallow, .. } => {
+                forward = !*swallow;
+                done = tag == b'3';
+            }
+            Pending::Sync | Pending::Function => done = tag == b'Z',
+            Pending::Synthetic(_) => {}
+        }
+        if tag == b'Z' {
+            return self.on_ready_for_query(frame);
+        }
+        if forward {
+            self.cout.extend_from_slice(&frame);
+        }
+        if done {
+            self.pending.pop_front();
+            self.drain_synthetic();
+        }
+        Ok(())
+    }
+
+    fn note_tag(&mut self, frame: &[u8]) {
+        if let Some(s) = self.server.as_mut() {
+            s.note_command_complete(frame);
+        }
+        if protocol::command_tag(frame) == b"DISCARD ALL" {
+            self.session_params.clear();
+            self.effective = self.ctx.startup.clone();
+        }
+    }
+
+    fn on_ready_for_query(&mut self, frame: Bytes) -> Result<(), End> {
+        let status = frame.get(5).copied().unwrap_or(b'I');
+        if let Some(Pending::Query { set, ok }) = self.pending.front_mut() {
+            if *ok {
+                if let Some(cmd) = set.take() {
+                    self.pending.pop_front();
+                    self.apply_set(cmd);
+                    return self.finish_ready(frame, status);
+                }
+            }
+        }
+        match self.pending.front() {
+            Some(Pending::Query { .. } | Pending::Sync | Pending::Function) => {
+                self.pending.pop_front();
+            }
+            _ => {
+                if let Some(s) = self.server.as_mut() {
+                    s.broken = true;
+                }
+            }
+        }
+        self.finish_ready(frame, status)
+    }
+
+    fn finish_ready(&mut self, frame: Bytes, status: u8) -> Result<(), End> {
+        self.tx_status = status;
+        if self.ctx.mode == PoolMode::Statement && status != b'I' {
+            // Statement pooling cannot hold a server across statements: abort the transaction
+            // by closing the server, and tell the client why.
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+            self.server = None;
+            self.tx_status = b'I';
+            protocol::error_response(
+                &mut self.cout,
+                "ERROR",
+                "0A000",
+                "transaction blocks are not allowed in statement pooling mode",
+            );
+            protocol::ready_for_query(&mut self.cout, b'I');
+            self.pending.clear();
+            return Ok(());
+        }
+        self.cout.extend_from_slice(&frame);
+        self.drain_synthetic();
+        Ok(())
+    }
+
+    fn on_server_error(&mut self, frame: Bytes) -> Result<(), End> {
+        let fields = protocol::parse_error(&frame);
+        let fatal = fields.severity == "FATAL" || fields.severity == "PANIC";
+        if fatal {
+            // The server is going away; the client keeps its pgvane connection.
+            protocol::downgrade_fatal(&frame, &mut self.cout);
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+        } else {
+            self.cout.extend_from_slice(&frame);
+        }
+        match self.pending.front_mut() {
+            Some(Pending::Query { ok, .. }) => *ok = false,
+            Some(Pending::Sync | Pending::Function) | None => {}
+            Some(_) => {
+                // Extended protocol: the server skips everything up to Sync.
+                while let Some(p) = self.pending.front() {
+                    if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::Function) {
+                        break;
+                    }
+                    let p = self.pending.pop_front();
+                    if let Some(server) = self.server.as_mut() {
+                        match p {
+                            Some(Pending::Parse { id: Some(id), .. }) => server.prepared.remove(id),
+                            Some(Pending::Close { id: Some(id), .. }) => {
+                                server.prepared.insert(id, 0);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        if fatal {
+            self.server_lost(false);
+        }
+        Ok(())
+    }
+}
+
+fn write_synthetic(out: &mut bytes::BytesMut, tag: u8) {
+    match tag {
+        b'1' => protocol::parse_complete(out),
+        _ => protocol::close_complete(out),
+    }
+}

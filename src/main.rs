@@ -1,0 +1,150 @@
+//! The `pgvane` command: run the pooler, check a config, or show where keys are placed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgvane::config::{Config, ShardKeyType};
+use pgvane::sharding::hash::{self, KeyType};
+
+#[derive(Parser)]
+#[command(
+    name = "pgvane",
+    version,
+    about = "PostgreSQL connection pooler with read/write splitting and hash sharding"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', default_value = "config.toml", global = true)]
+    config: PathBuf,
+    /// Log filter (e.g. info, debug, pgvane=trace); RUST_LOG is used when not given.
+    #[arg(long)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print what it would serve, without connecting.
+    Check,
+    /// Print the shard index of each value: the value, a tab, the shard.
+    Shard {
+        /// Number of shards (the MODULUS of the hash partitioning).
+        #[arg(long)]
+        shards: u32,
+        /// Key type: smallint | integer | bigint | text | varchar | uuid.
+        #[arg(long = "type", default_value = "bigint")]
+        key_type: String,
+        /// Values in PostgreSQL text form.
+        values: Vec<String>,
+    },
+}
+
+fn key_type(t: ShardKeyType) -> KeyType {
+    match t {
+        ShardKeyType::Smallint => KeyType::Int2,
+        ShardKeyType::Integer => KeyType::Int4,
+        ShardKeyType::Bigint => KeyType::Int8,
+        ShardKeyType::Text | ShardKeyType::Varchar => KeyType::Text,
+        ShardKeyType::Uuid => KeyType::Uuid,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => match Config::load(&cli.config) {
+            Ok(cfg) => {
+                print!("{}", cfg.describe());
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgvane: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::Shard {
+            shards,
+            key_type: t,
+            values,
+        }) => {
+            let t = match t.parse::<ShardKeyType>() {
+                Ok(t) => key_type(t),
+                Err(e) => {
+                    eprintln!("pgvane shard: --type: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match hash::shard_cli(shards, t, &values) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pgvane shard: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        None => run(&cli),
+    }
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let filter = match &cli.log_level {
+        Some(l) => tracing_subscriber::EnvFilter::new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgvane: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.general.workers > 0 {
+        rt.worker_threads(cfg.general.workers);
+    }
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgvane: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let listen = cfg.general.listen_addr.clone();
+        let listener = match pgvane::listener::bind(&listen) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("pgvane: cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(%listen, "pgvane listening");
+        let app = pgvane::app::App::new(cfg);
+        let signals = app.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = signals.shutdown_tx.send(true);
+        });
+        pgvane::listener::serve(app, listener).await;
+        tracing::info!("pgvane stopped");
+        ExitCode::SUCCESS
+    })
+}

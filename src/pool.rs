@@ -1,0 +1,372 @@
+//! Pools of server connections, one per (user, database, backend).
+//!
+//! Owns: handing out idle connections (LIFO, so hot connections are reused and cold ones age
+//! out), opening new ones up to the pool size, the reserve pool, waiting with
+//! `query_wait_timeout`, retiring connections past `server_lifetime`/`server_idle_timeout`,
+//! checking long-idle ones before reuse, and keeping `min_pool_size` warm.
+//!
+//! Must not: speak to clients or look at SQL. A connection comes back only through [`Pool::put`]
+//! when the session knows it is idle and clean; anything else is [`Pool::discard`]ed.
+//!
+//! Why not deadpool: we need a reserve pool that opens only after `reserve_pool_timeout`,
+//! pre-warmed minimums, lifetime/idle reaping and a cheap liveness probe at checkout; deadpool
+//! offers none of these directly, and its `Object` returns to the pool on drop, where a pooler
+//! wants the opposite default (drop = close). A `Semaphore` plus a LIFO `Vec` is small and
+//! gives full control.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::protocol::ErrorFields;
+use crate::server::{ConnectParams, ServerConn, ServerError};
+
+/// Run-time settings of one pool (can change on reload).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_size: usize,
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
+    pub wait_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub check_delay: Duration,
+    pub check_query: String,
+    pub reset_query: String,
+    pub max_prepared: usize,
+    pub connect: ConnectParams,
+}
+
+/// Why no connection could be handed out.
+#[derive(Debug)]
+pub enum PoolError {
+    /// Waited `query_wait_timeout` without a free connection.
+    Timeout(Duration),
+    /// Opening a new connection failed.
+    Connect(ServerError),
+    /// The pool is closed (database removed or shutting down).
+    Closed,
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Timeout(d) => write!(
+                f,
+                "query_wait_timeout: no server connection available within {}",
+                humantime::format_duration(*d)
+            ),
+            PoolError::Connect(e) => write!(f, "could not connect to server: {e}"),
+            PoolError::Closed => f.write_str("pool is closed"),
+        }
+    }
+}
+
+impl PoolError {
+    /// SQLSTATE and message for the client.
+    pub fn sqlstate(&self) -> (&'static str, String) {
+        match self {
+            PoolError::Timeout(_) => ("53300", self.to_string()),
+            PoolError::Connect(ServerError::Server(ErrorFields { code, message, .. })) => {
+                let c: &'static str = match code.as_str() {
+                    "3D000" => "3D000",
+                    "28P01" | "28000" => "08004",
+                    "53300" => "53300",
+                    "57P03" => "57P03",
+                    _ => "08006",
+                };
+                (c, format!("could not connect to server: {message}"))
+            }
+            PoolError::Connect(_) => ("08006", self.to_string()),
+            PoolError::Closed => ("08006", self.to_string()),
+        }
+    }
+}
+
+/// Counters read by the admin console and metrics (updated at checkout/return only).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub waiting: AtomicUsize,
+    pub active: AtomicUsize,
+    pub total_connects: AtomicU64,
+    pub checkouts: AtomicU64,
+    pub wait_time_us: AtomicU64,
+}
+
+/// Identity of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub user: String,
+    pub database: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    settings: RwLock<Arc<PoolSettings>>,
+    idle: Mutex<Vec<ServerConn>>,
+    main: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    /// ParameterStatus values reported by this backend at login (for clients' startup).
+    reported: Mutex<Option<Vec<(String, String)>>>,
+    pub stats: PoolStats,
+    /// Total connections open (idle + in use).
+    open: AtomicUsize,
+}
+
+/// A connection checked out of a pool. Dropping it closes the connection; return it with
+/// [`Pool::put`].
+pub struct PooledConn {
+    /// Always `Some` until the connection goes back to the pool in [`Pool::put`].
+    conn: Option<ServerConn>,
+    pub pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("checked-out connection present")
+    }
+}
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("checked-out connection present")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Not returned: the connection is closed.
+            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+            self.pool.stats.active.fetch_sub(1, Ordering::Relaxed);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(conn.close());
+            }
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(key: PoolKey, settings: PoolSettings) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            key,
+            main: Arc::new(Semaphore::new(settings.size)),
+            reserve: Arc::new(Semaphore::new(settings.reserve_size)),
+            settings: RwLock::new(Arc::new(settings)),
+            idle: Mutex::new(Vec::new()),
+            reported: Mutex::new(None),
+            stats: PoolStats::default(),
+            open: AtomicUsize::new(0),
+        });
+        tokio::spawn(maintain(Arc::downgrade(&pool)));
+        pool
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Connections open right now (idle + in use).
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// ParameterStatus values of this backend, connecting once if none is known yet.
+    pub async fn reported_params(self: &Arc<Self>) -> Result<Vec<(String, String)>, PoolError> {
+        if let Some(r) = self.reported.lock().ok().and_then(|g| g.clone()) {
+            return Ok(r);
+        }
+        let c = self.get().await?;
+        let r = c.reported.clone();
+        self.put(c);
+        Ok(r)
+    }
+
+    async fn acquire_permit(&self, s: &PoolSettings) -> Result<OwnedSemaphorePermit, PoolError> {
+        if let Ok(p) = self.main.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let r = async {
+            if s.reserve_size > 0 && s.reserve_timeout < s.wait_timeout {
+                if let Ok(Ok(p)) =
+                    tokio::time::timeout(s.reserve_timeout, self.main.clone().acquire_owned()).await
+                {
+                    return Ok(p);
+                }
+                let rest = s.wait_timeout.saturating_sub(s.reserve_timeout);
+                let either = async {
+                    tokio::select! {
+                        p = self.main.clone().acquire_owned() => p,
+                        p = self.reserve.clone().acquire_owned() => p,
+                    }
+                };
+                match tokio::time::timeout(rest, either).await {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(_)) => Err(PoolError::Closed),
+                    Err(_) => Err(PoolError::Timeout(s.wait_timeout)),
+                }
+            } else {
+                match tokio::time::timeout(s.wait_timeout, self.main.clone().acquire_owned()).await
+                {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(_)) => Err(PoolError::Closed),
+                    Err(_) => Err(PoolError::Timeout(s.wait_timeout)),
+                }
+            }
+        }
+        .await;
+        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .wait_time_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        r
+    }
+
+    /// Check out a connection: an idle one if any is usable, else a new one.
+    pub async fn get(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        let s = self.settings();
+        let permit = self.acquire_permit(&s).await?;
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let Some(mut conn) = candidate else { break };
+            let now = Instant::now();
+            let too_old = now.duration_since(conn.created) >= s.lifetime && !s.lifetime.is_zero();
+            let idle_for = now.duration_since(conn.last_used);
+            let too_idle = idle_for >= s.idle_timeout && !s.idle_timeout.is_zero();
+            if too_old || too_idle || !conn.looks_alive() {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                tokio::spawn(conn.close());
+                continue;
+            }
+            if idle_for >= s.check_delay {
+                let q = if s.check_query.is_empty() {
+                    ";"
+                } else {
+                    s.check_query.as_str()
+                };
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(5), conn.run_internal(q)).await,
+                    Ok(Ok(None))
+                ) && !conn.broken;
+                if !ok {
+                    self.open.fetch_sub(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            return Ok(PooledConn {
+                conn: Some(conn),
+                pool: self.clone(),
+                _permit: permit,
+            });
+        }
+        let conn = ServerConn::connect(&s.connect)
+            .await
+            .map_err(PoolError::Connect)?;
+        self.stats.total_connects.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = self.reported.lock() {
+            if r.is_none() {
+                *r = Some(conn.reported.clone());
+            }
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Return a clean, idle connection.
+    pub fn put(&self, mut c: PooledConn) {
+        if c.broken {
+            return; // dropped: closed
+        }
+        let Some(mut conn) = c.conn.take() else {
+            return;
+        };
+        conn.last_used = Instant::now();
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut v) = self.idle.lock() {
+            v.push(conn);
+        }
+        // `c` drops here and releases its permit after the connection is idle again.
+    }
+
+    /// Close a connection that is in an unknown state.
+    pub fn discard(&self, c: PooledConn) {
+        drop(c);
+    }
+
+    /// Close all idle connections (RECONNECT, reload of backend settings).
+    pub fn close_idle(&self) {
+        let drained: Vec<ServerConn> = self
+            .idle
+            .lock()
+            .map(|mut v| v.drain(..).collect())
+            .unwrap_or_default();
+        self.open.fetch_sub(drained.len(), Ordering::Relaxed);
+        for c in drained {
+            tokio::spawn(c.close());
+        }
+    }
+}
+
+async fn maintain(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let s = pool.settings();
+        let now = Instant::now();
+        let expired: Vec<ServerConn> = match pool.idle.lock() {
+            Ok(mut v) => {
+                let mut keep = Vec::with_capacity(v.len());
+                let mut gone = Vec::new();
+                for c in v.drain(..) {
+                    let old = !s.lifetime.is_zero() && now.duration_since(c.created) >= s.lifetime;
+                    let idle = !s.idle_timeout.is_zero()
+                        && now.duration_since(c.last_used) >= s.idle_timeout;
+                    if old || idle {
+                        gone.push(c);
+                    } else {
+                        keep.push(c);
+                    }
+                }
+                *v = keep;
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        pool.open.fetch_sub(expired.len(), Ordering::Relaxed);
+        for c in expired {
+            tokio::spawn(c.close());
+        }
+        // Keep min_pool_size connections open.
+        while pool.open_count() < s.min_size.min(s.size) {
+            match tokio::time::timeout(Duration::from_millis(10), pool.get()).await {
+                Ok(Ok(c)) => pool.put(c),
+                _ => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! A connection from pgvane to one PostgreSQL backend.
+//!
+//! Owns: connecting, the startup and authentication exchange as a client (SCRAM-SHA-256, md5,
+//! cleartext, trust), the server's read buffer, what the server has been told (session
+//! settings, prepared statements under pgvane's names) and small control exchanges (reset
+//! query, health check, settings sync) whose answers never reach a client.
+//!
+//! Must not: decide which server a statement goes to, or hold a client's state. The session
+//! (`client`) drives the connection; the `pool` keeps idle ones.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{md5_client_response, ScramClient};
+use crate::params::Params;
+use crate::protocol::{self, ErrorFields};
+
+/// Largest message accepted from a server (DataRow can be up to 1 GB in PostgreSQL).
+pub const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Why a server connection could not be used.
+#[derive(Debug)]
+pub enum ServerError {
+    Io(std::io::Error),
+    Timeout,
+    Protocol(String),
+    /// The server answered with an ErrorResponse (e.g. during login).
+    Server(ErrorFields),
+    Auth(String),
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerError::Io(e) => write!(f, "{e}"),
+            ServerError::Timeout => f.write_str("timed out"),
+            ServerError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ServerError::Server(e) => write!(f, "{} {}: {}", e.severity, e.code, e.message),
+            ServerError::Auth(m) => write!(f, "authentication failed: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+impl From<protocol::ProtocolError> for ServerError {
+    fn from(e: protocol::ProtocolError) -> Self {
+        ServerError::Protocol(e.0)
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectParams {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub connect_timeout: Duration,
+    /// Extra startup parameters (e.g. application_name for pgvane's own connections).
+    pub startup: Vec<(String, String)>,
+}
+
+/// Prepared statements a server knows under pgvane's names, with LRU eviction.
+#[derive(Debug, Default)]
+pub struct PreparedCache {
+    entries: HashMap<u64, u64>,
+    tick: u64,
+}
+
+impl PreparedCache {
+    /// True if prepared; marks it used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.entries.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Record `id` as prepared; returns the least recently used id to close if over `max`.
+    pub fn insert(&mut self, id: u64, max: usize) -> Option<u64> {
+        self.tick += 1;
+        self.entries.insert(id, self.tick);
+        if max > 0 && self.entries.len() > max {
+            let victim = self
+                .entries
+                .iter()
+                .filter(|(k, _)| **k != id)
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k);
+            if let Some(v) = victim {
+                self.entries.remove(&v);
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        self.entries.remove(&id);
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The name pgvane gives a shared prepared statement on servers.
+pub fn statement_name(id: u64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"pgvane_");
+    out.extend_from_slice(id.to_string().as_bytes());
+}
+
+/// An authenticated, idle-at-start connection to a backend.
+pub struct ServerConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub id: u64,
+    pub addr: String,
+    pub pid: i32,
+    pub secret: i32,
+    /// ParameterStatus values the server reported at login.
+    pub reported: Vec<(String, String)>,
+    /// Session settings applied on top of the login defaults.
+    pub params: Params,
+    pub prepared: PreparedCache,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Set when the connection is in an unknown state and must not be reused.
+    pub broken: bool,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl ServerConn {
+    /// Connect, authenticate and wait for the first ReadyForQuery.
+    pub async fn connect(p: &ConnectParams) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(p.connect_timeout, Self::connect_inner(p)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, ServerError> {
+        let addr = format!("{}:{}", p.host, p.port);
+        let stream = TcpStream::connect(&addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8192),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            addr,
+            pid: 0,
+            secret: 0,
+            reported: Vec::new(),
+            params: Params::default(),
+            prepared: PreparedCache::default(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            broken: false,
+        };
+        let mut out = BytesMut::new();
+        let mut sp: Vec<(&str, &str)> = vec![("user", &p.user), ("database", &p.dbname)];
+        for (k, v) in &p.startup {
+            sp.push((k, v));
+        }
+        protocol::startup_message(&mut out, &sp);
+        conn.stream.write_all(&out).await?;
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let frame = conn.read_frame().await?;
+            match frame[0] {
+                b'R' => {
+                    let (code, data) = protocol::parse_auth_request(&frame)?;
+                    out.clear();
+                    match code {
+                        0 => continue,
+                        3 => {
+                            let pw = p.password.as_deref().ok_or_else(|| {
+                                ServerError::Auth(
+                                    "server asked for a password; none configured".into(),
+                                )
+                            })?;
+                            protocol::password_message(&mut out, pw.as_bytes());
+                        }
+                        5 => {
+                            let pw = p.password.as_deref().ok_or_else(|| {
+                                ServerError::Auth(
+                                    "server asked for md5; no password configured".into(),
+                                )
+                            })?;
+                            if data.len() < 4 {
+                                return Err(ServerError::Protocol("short md5 salt".into()));
+                            }
+                            let salt = [data[0], data[1], data[2], data[3]];
+                            let resp = md5_client_response(&p.user, pw, salt);
+                            protocol::password_message(&mut out, resp.as_bytes());
+                        }
+                        10 => {
+                            let pw = p.password.as_deref().ok_or_else(|| {
+                                ServerError::Auth(
+                                    "server asked for SCRAM; no password configured".into(),
+                                )
+                            })?;
+                            if pw.starts_with("SCRAM-SHA-256$") || is_md5_hash(pw) {
+                                return Err(ServerError::Auth(
+                                    "server asked for SCRAM but only a hashed password is configured; set server_password".into(),
+                                ));
+                            }
+                            let c = ScramClient::new(pw);
+                            protocol::sasl_initial_response(
+                                &mut out,
+                                "SCRAM-SHA-256",
+                                &c.client_first(),
+                            );
+                            scram = Some(c);
+                        }
+                        11 => {
+                            let c = scram.as_mut().ok_or_else(|| {
+                                ServerError::Protocol("unexpected SASL continue".into())
+                            })?;
+                            let msg = c
+                                .handle_server_first(data)
+                                .map_err(|e| ServerError::Auth(e.to_string()))?;
+                            protocol::sasl_response(&mut out, &msg);
+                        }
+                        12 => {
+                            let c = scram.as_mut().ok_or_else(|| {
+                                ServerError::Protocol("unexpected SASL final".into())
+                            })?;
+                            c.handle_server_final(data)
+                                .map_err(|e| ServerError::Auth(e.to_string()))?;
+                            continue;
+                        }
+                        other => {
+                            return Err(ServerError::Auth(format!(
+                                "unsupported authentication method {other} requested by server"
+                            )))
+                        }
+                    }
+                    conn.stream.write_all(&out).await?;
+                }
+                b'E' => return Err(ServerError::Server(protocol::parse_error(&frame))),
+                b'S' => {
+                    let kv = protocol::parse_parameter_status(&frame)?;
+                    conn.reported.push(kv);
+                }
+                b'K' => {
+                    let (pid, secret) = protocol::parse_backend_key(&frame)?;
+                    conn.pid = pid;
+                    conn.secret = secret;
+                }
+                b'Z' => return Ok(conn),
+                _ => {} // NoticeResponse, NegotiateProtocolVersion: nothing to do
+            }
+        }
+    }
+
+    /// Read one whole frame (waiting for bytes as needed).
+    pub async fn read_frame(&mut self) -> Result<Bytes, ServerError> {
+        loop {
+            if let Some(f) = protocol::split_frame(&mut self.rbuf, MAX_SERVER_MESSAGE)? {
+                return Ok(f);
+            }
+            let n = self.stream.read_buf(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(ServerError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                )));
+            }
+        }
+    }
+
+    /// Run a simple query whose results nobody sees; returns the first error, if any.
+    /// The connection is left idle, or marked broken when the server is not idle after it.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
+        let mut out = BytesMut::new();
+        protocol::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                b'E' if err.is_none() => err = Some(protocol::parse_error(&f)),
+                b'C' => self.note_command_complete(&f),
+                b'Z' => {
+                    if f.len() < 6 || f[5] != b'I' {
+                        self.broken = true;
+                    }
+                    return Ok(err);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Keep the prepared-statement cache honest when a client runs DISCARD/DEALLOCATE ALL.
+    pub fn note_command_complete(&mut self, frame: &[u8]) {
+        let tag = protocol::command_tag(frame);
+        if tag == b"DISCARD ALL" || tag == b"DEALLOCATE ALL" {
+            self.prepared.clear();
+            if tag == b"DISCARD ALL" {
+                self.params = Params::default();
+            }
+        }
+    }
+
+    /// Cheap liveness test without a round trip: an idle server has nothing to say, so any
+    /// readable byte (an error before closing) or EOF means it is gone.
+    pub fn looks_alive(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Send Terminate and close, best effort.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        protocol::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+}
+
+fn is_md5_hash(s: &str) -> bool {
+    s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Send a CancelRequest for (pid, secret) to the backend at `addr`.
+pub async fn send_cancel(addr: &str, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
+        })??;
+    let mut out = BytesMut::new();
+    protocol::cancel_request(&mut out, pid, secret);
+    s.write_all(&out).await?;
+    // PostgreSQL closes the connection once it has read the request.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_evicts_least_recent() {
+        let mut c = PreparedCache::default();
+        assert_eq!(c.insert(1, 2), None);
+        assert_eq!(c.insert(2, 2), None);
+        assert!(c.touch(1));
+        assert_eq!(c.insert(3, 2), Some(2));
+        assert!(c.touch(1));
+        assert!(!c.touch(2));
+        assert!(c.touch(3));
+    }
+
+    #[test]
+    fn names() {
+        let mut v = Vec::new();
+        statement_name(42, &mut v);
+        assert_eq!(v, b"pgvane_42");
+    }
+}
