@@ -30,11 +30,22 @@ pub enum Pending {
         id: Option<u64>,
         swallow: bool,
     },
-    Bind,
-    Describe,
+    /// Bind; `stmt` is the shared statement (for a transparent re-prepare), `frame` the
+    /// client's original message, `retried` once it was replayed.
+    Bind {
+        stmt: Option<std::sync::Arc<super::prepared::StmtDef>>,
+        frame: Bytes,
+        retried: bool,
+    },
+    Describe {
+        frame: Bytes,
+    },
     Execute {
         set: Option<SetCmd>,
+        frame: Bytes,
     },
+    /// A ReadyForQuery that answers a Sync the client already got an answer for.
+    SwallowReady,
     Close {
         id: Option<u64>,
         swallow: bool,
@@ -112,6 +123,7 @@ impl Session {
     /// Handle one client message.
     pub(super) async fn on_client_frame(&mut self, frame: Bytes) -> Result<(), End> {
         let tag = frame[0];
+        tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
         if self.skip_until_sync {
             match tag {
                 b'S' => {
@@ -144,6 +156,9 @@ impl Session {
                 if self.server.is_none() {
                     self.drain_synthetic();
                     protocol::ready_for_query(&mut self.cout, self.tx_status);
+                } else if self.copy_in {
+                    // The server ignores Sync while it is in COPY IN mode.
+                    self.sout.extend_from_slice(&frame);
                 } else {
                     self.sout.extend_from_slice(&frame);
                     self.pending.push_back(Pending::Sync);
@@ -157,6 +172,9 @@ impl Session {
                 Ok(())
             }
             b'd' | b'c' | b'f' => {
+                if tag != b'd' {
+                    self.copy_in = false;
+                }
                 if self.server.is_some() {
                     self.sout.extend_from_slice(&frame);
                 }
@@ -234,6 +252,7 @@ impl Session {
             }
             b'B' => {
                 let b = protocol::parse_bind(&frame)?;
+                let mut stmt = None;
                 if b.statement.is_empty() {
                     self.bound_set = self.unnamed_set.clone();
                     self.sout.extend_from_slice(&frame);
@@ -244,11 +263,17 @@ impl Session {
                         Some(def) => {
                             self.bound_set = maybe_set(&def.query);
                             protocol::bind_msg(&mut self.sout, b.portal, &def.name, b.rest);
+                            stmt = Some(def);
                         }
                         None => self.sout.extend_from_slice(&frame),
                     }
                 }
-                self.pending.push_back(Pending::Bind);
+                let retried = self.replaying;
+                self.pending.push_back(Pending::Bind {
+                    stmt,
+                    frame,
+                    retried,
+                });
             }
             b'D' => {
                 let (kind, name) = protocol::parse_target(&frame)?;
@@ -260,12 +285,12 @@ impl Session {
                 } else {
                     self.sout.extend_from_slice(&frame);
                 }
-                self.pending.push_back(Pending::Describe);
+                self.pending.push_back(Pending::Describe { frame });
             }
             b'E' => {
                 self.sout.extend_from_slice(&frame);
                 let set = self.bound_set.take();
-                self.pending.push_back(Pending::Execute { set });
+                self.pending.push_back(Pending::Execute { set, frame });
             }
             _ => {
                 // 'F' FunctionCall: answered like a simple query, with ReadyForQuery.
@@ -298,13 +323,25 @@ impl Session {
     /// Handle one server message.
     pub(super) fn on_server_frame(&mut self, frame: Bytes) -> Result<(), End> {
         let tag = frame[0];
+        tracing::trace!(tag = %(tag as char), len = frame.len(), pending = ?self.pending.front(), "server message");
         if matches!(tag, b'N' | b'A' | b'S') {
             self.cout.extend_from_slice(&frame);
             return Ok(());
         }
         self.drain_synthetic();
         if tag == b'E' {
+            self.copy_in = false;
             return self.on_server_error(frame);
+        }
+        if tag == b'G' {
+            // COPY FROM STDIN: Syncs the client pipelined after Execute are ignored by the
+            // server until CopyDone/CopyFail, so they get no ReadyForQuery.
+            self.copy_in = true;
+            let head = self.pending.pop_front();
+            self.pending.retain(|p| !matches!(p, Pending::Sync));
+            if let Some(h) = head {
+                self.pending.push_front(h);
+            }
         }
         let Some(head) = self.pending.front_mut() else {
             // Nothing was asked: a protocol desync. Forward and retire the connection.
@@ -332,9 +369,9 @@ impl Session {
                 forward = !*swallow;
                 done = tag == b'1';
             }
-            Pending::Bind => done = tag == b'2',
-            Pending::Describe => done = matches!(tag, b'T' | b'n'),
-            Pending::Execute { set } => {
+            Pending::Bind { .. } => done = tag == b'2',
+            Pending::Describe { .. } => done = matches!(tag, b'T' | b'n'),
+            Pending::Execute { set, .. } => {
                 done = matches!(tag, b'C' | b'I' | b's');
                 if tag == b'C' {
                     let t = protocol::command_tag(&frame);
@@ -355,7 +392,7 @@ impl Session {
                 forward = !*swallow;
                 done = tag == b'3';
             }
-            Pending::Sync | Pending::Function => done = tag == b'Z',
+            Pending::Sync | Pending::Function | Pending::SwallowReady => done = tag == b'Z',
             Pending::Synthetic(_) => {}
         }
         if tag == b'Z' {
@@ -393,6 +430,11 @@ impl Session {
             }
         }
         match self.pending.front() {
+            Some(Pending::SwallowReady) => {
+                self.pending.pop_front();
+                self.tx_status = status;
+                return Ok(());
+            }
             Some(Pending::Query { .. } | Pending::Sync | Pending::Function) => {
                 self.pending.pop_front();
             }
@@ -433,6 +475,9 @@ impl Session {
     fn on_server_error(&mut self, frame: Bytes) -> Result<(), End> {
         let fields = protocol::parse_error(&frame);
         let fatal = fields.severity == "FATAL" || fields.severity == "PANIC";
+        if !fatal && self.try_reprepare(&fields) {
+            return Ok(());
+        }
         if fatal {
             // The server is going away; the client keeps its pgvane connection.
             protocol::downgrade_fatal(&frame, &mut self.cout);
@@ -444,11 +489,17 @@ impl Session {
         }
         match self.pending.front_mut() {
             Some(Pending::Query { ok, .. }) => *ok = false,
-            Some(Pending::Sync | Pending::Function) | None => {}
+            Some(Pending::Sync | Pending::Function | Pending::SwallowReady) | None => {}
             Some(_) => {
                 // Extended protocol: the server skips everything up to Sync.
                 while let Some(p) = self.pending.front() {
-                    if matches!(p, Pending::Sync | Pending::Query { .. } | Pending::Function) {
+                    if matches!(
+                        p,
+                        Pending::Sync
+                            | Pending::Query { .. }
+                            | Pending::Function
+                            | Pending::SwallowReady
+                    ) {
                         break;
                     }
                     let p = self.pending.pop_front();
@@ -468,6 +519,74 @@ impl Session {
             self.server_lost(false);
         }
         Ok(())
+    }
+}
+
+impl Session {
+    /// A shared statement went stale on this server (a schema change altered its result
+    /// type, or the server lost it): outside an explicit transaction, prepare it again and
+    /// replay the client's messages from the failing Bind, once, so the client never sees it.
+    fn try_reprepare(&mut self, fields: &protocol::ErrorFields) -> bool {
+        let stale = (fields.code == "0A000"
+            && fields
+                .message
+                .contains("cached plan must not change result type"))
+            || (fields.code == "26000" && fields.message.contains("pgvane_"));
+        if !stale || self.tx_status != b'I' {
+            return false;
+        }
+        let Some(Pending::Bind {
+            stmt: Some(def),
+            retried: false,
+            ..
+        }) = self.pending.front()
+        else {
+            return false;
+        };
+        let def = def.clone();
+        // Everything up to the Sync was skipped by the server; only Bind/Describe/Execute can
+        // be replayed safely.
+        let mut frames = Vec::new();
+        let mut found_sync = false;
+        for p in self.pending.iter() {
+            match p {
+                Pending::Bind { frame, .. }
+                | Pending::Describe { frame }
+                | Pending::Execute { frame, .. } => frames.push(frame.clone()),
+                Pending::Sync => {
+                    found_sync = true;
+                    break;
+                }
+                _ => return false,
+            }
+        }
+        if !found_sync {
+            return false;
+        }
+        while let Some(p) = self.pending.pop_front() {
+            if matches!(p, Pending::Sync) {
+                break;
+            }
+        }
+        tracing::debug!(statement = %String::from_utf8_lossy(&def.name), "re-preparing stale statement");
+        self.pending.push_front(Pending::SwallowReady);
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.remove(def.id);
+        }
+        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
+        self.pending.push_back(Pending::Close {
+            id: None,
+            swallow: true,
+        });
+        self.replaying = true;
+        for f in frames {
+            // Frames were valid the first time; a failure here cannot happen.
+            let _ = self.forward_extended(f);
+        }
+        self.replaying = false;
+        protocol::sync(&mut self.sout);
+        self.pending.push_back(Pending::Sync);
+        true
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Session {
     pub(super) unnamed_set: Option<params::SetCmd>,
     pub(super) bound_set: Option<params::SetCmd>,
     pub(super) max_message: usize,
+    /// True while pgvane replays a client's messages after re-preparing a stale statement.
+    pub(super) replaying: bool,
+    /// The server is in COPY IN mode (between CopyInResponse and CopyDone/CopyFail).
+    pub(super) copy_in: bool,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -103,6 +107,8 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         unnamed_set: None,
         bound_set: None,
         max_message,
+        replaying: false,
+        copy_in: false,
     };
     let end = s.main_loop().await;
     s.finish(end).await;

@@ -29,9 +29,21 @@ pub async fn try_connect(connstr: &str) -> Result<tokio_postgres::Client, tokio_
 pub fn psql_cmd(port: u16, user: &str, db: &str, password: Option<&str>) -> Command {
     let mut cmd = Command::new(util::bin("psql"));
     util::scrub_pg_env(&mut cmd);
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", db, "-X", "-At", "-w"])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env("PGSSLMODE", "disable");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        user,
+        "-d",
+        db,
+        "-X",
+        "-At",
+        "-w",
+    ])
+    .env("PGCONNECT_TIMEOUT", "10")
+    .env("PGSSLMODE", "disable");
     if let Some(pw) = password {
         cmd.env("PGPASSWORD", pw);
     }

@@ -114,14 +114,34 @@ impl PgServer {
         let data = root.join("data");
         let watchdog = util::spawn_watchdog(&root, Some(&data));
         // From here on, a panic drops `srv`, which cleans up.
-        let mut srv = PgServer { root, data, port: 0, opts, replica: false, running: false, watchdog };
+        let mut srv = PgServer {
+            root,
+            data,
+            port: 0,
+            opts,
+            replica: false,
+            running: false,
+            watchdog,
+        };
 
         let out = run(pg_server_cmd("initdb", &srv.root)
             .arg("-D")
             .arg(&srv.data)
-            .args(["-E", "UTF8", "--locale=C.UTF-8", "-U", "postgres", "--auth=trust", "--no-sync"]));
+            .args([
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ]));
         if !out.status.success() {
-            panic!("initdb failed for {}:\n{}", srv.data.display(), output_text(&out));
+            panic!(
+                "initdb failed for {}:\n{}",
+                srv.data.display(),
+                output_text(&out)
+            );
         }
         util::write_pg_file(&srv.data.join("pg_hba.conf"), PG_HBA);
         let conf = srv.data.join("postgresql.conf");
@@ -140,7 +160,11 @@ impl PgServer {
     /// dir, started on its own port; returns once it is in recovery and accepts
     /// connections.
     pub fn start_replica(&self) -> PgServer {
-        assert!(self.running, "start_replica: primary on port {} is not running", self.port);
+        assert!(
+            self.running,
+            "start_replica: primary on port {} is not running",
+            self.port
+        );
         let root = util::make_temp_dir("pg", true);
         let data = root.join("data");
         let watchdog = util::spawn_watchdog(&root, Some(&data));
@@ -156,7 +180,14 @@ impl PgServer {
         let out = run(pg_server_cmd("pg_basebackup", &rep.root)
             .arg("-D")
             .arg(&rep.data)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]));
         if !out.status.success() {
             panic!(
@@ -170,7 +201,10 @@ impl PgServer {
         util::write_pg_file(&rep.log_path(), "");
         rep.start_on_free_port();
         let ok = util::poll(READY_TIMEOUT, Duration::from_millis(100), || {
-            (rep.try_psql("postgres", "SELECT pg_is_in_recovery()").ok()? == "t").then_some(())
+            (rep.try_psql("postgres", "SELECT pg_is_in_recovery()")
+                .ok()?
+                == "t")
+                .then_some(())
         });
         if ok.is_none() {
             panic!(
@@ -221,7 +255,10 @@ impl PgServer {
     /// libpq/tokio-postgres connection string to this server; includes the
     /// harness password for `app`, `md5user` and `passuser`.
     pub fn connstr(&self, user: &str, db: &str) -> String {
-        let mut s = format!("host=127.0.0.1 port={} user={user} dbname={db} connect_timeout=10", self.port);
+        let mut s = format!(
+            "host=127.0.0.1 port={} user={user} dbname={db} connect_timeout=10",
+            self.port
+        );
         if let Some(pw) = password_for(user) {
             s.push_str(&format!(" password={pw}"));
         }
@@ -232,7 +269,10 @@ impl PgServer {
     /// trimmed unaligned tuples-only output. Panics (with stderr) on failure.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         self.try_psql(db, sql).unwrap_or_else(|e| {
-            panic!("psql on port {} db {db} failed for SQL {sql:?}:\n{e}", self.port)
+            panic!(
+                "psql on port {} db {db} failed for SQL {sql:?}:\n{e}",
+                self.port
+            )
         })
     }
 
@@ -240,9 +280,18 @@ impl PgServer {
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let mut cmd = Command::new(util::bin("psql"));
         util::scrub_pg_env(&mut cmd);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
-            .args(["-At", "-X", "-w", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "10");
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ])
+        .args(["-At", "-X", "-w", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10");
         let out = run(&mut cmd);
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -280,7 +329,10 @@ impl PgServer {
                 Err(e) if e.port_in_use && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(250));
                 }
-                Err(e) => panic!("restart of server on port {} failed:\n{}", self.port, e.text),
+                Err(e) => panic!(
+                    "restart of server on port {} failed:\n{}",
+                    self.port, e.text
+                ),
             }
         }
         self.wait_ready();
@@ -291,9 +343,14 @@ impl PgServer {
         assert!(self.replica, "pause_replay called on a primary");
         self.psql("postgres", "SELECT pg_wal_replay_pause()");
         let ok = util::poll(Duration::from_secs(30), Duration::from_millis(20), || {
-            (self.psql("postgres", "SELECT pg_get_wal_replay_pause_state()") == "paused").then_some(())
+            (self.psql("postgres", "SELECT pg_get_wal_replay_pause_state()") == "paused")
+                .then_some(())
         });
-        assert!(ok.is_some(), "replica on port {} did not pause replay", self.port);
+        assert!(
+            ok.is_some(),
+            "replica on port {} did not pause replay",
+            self.port
+        );
     }
 
     /// On a replica: resume WAL replay.
@@ -354,7 +411,10 @@ impl PgServer {
     /// flush LSN, which a replica's receive/replay LSN reaches once it has
     /// all of that WAL.
     fn wal_flush_point(&self) -> String {
-        self.psql("postgres", "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgvane-test', '')");
+        self.psql(
+            "postgres",
+            "SET synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgvane-test', '')",
+        );
         self.psql("postgres", "SELECT pg_current_wal_flush_lsn()")
     }
 
@@ -417,7 +477,11 @@ impl PgServer {
             || log.contains("could not create any TCP/IP sockets");
         Err(StartError {
             port_in_use,
-            text: format!("{}\n--- server log tail ({}) ---\n{log}", output_text(&out), self.log_path().display()),
+            text: format!(
+                "{}\n--- server log tail ({}) ---\n{log}",
+                output_text(&out),
+                self.log_path().display()
+            ),
         })
     }
 
@@ -431,7 +495,11 @@ impl PgServer {
                     return;
                 }
                 Err(e) if e.port_in_use => last = e.text,
-                Err(e) => panic!("starting PostgreSQL in {} failed:\n{}", self.data.display(), e.text),
+                Err(e) => panic!(
+                    "starting PostgreSQL in {} failed:\n{}",
+                    self.data.display(),
+                    e.text
+                ),
             }
         }
         panic!("starting PostgreSQL failed {START_ATTEMPTS} times (port conflicts):\n{last}");
@@ -441,8 +509,18 @@ impl PgServer {
     fn wait_ready(&self) {
         let mut last = String::new();
         let ok = util::poll(READY_TIMEOUT, Duration::from_millis(50), || {
-            let isready = run(Command::new(util::bin("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-t", "5"]));
+            let isready = run(Command::new(util::bin("pg_isready")).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-t",
+                "5",
+            ]));
             if !isready.status.success() {
                 last = output_text(&isready);
                 return None;
@@ -495,7 +573,11 @@ impl PgServer {
         // Not running any more either way unless pg_ctl says it timed out.
         let still_there = !out.status.success() && self.data.join("postmaster.pid").exists();
         if still_there && !std::thread::panicking() {
-            panic!("pg_ctl stop -m {mode} failed on port {}:\n{}", self.port, output_text(&out));
+            panic!(
+                "pg_ctl stop -m {mode} failed on port {}:\n{}",
+                self.port,
+                output_text(&out)
+            );
         }
         self.running = false;
     }

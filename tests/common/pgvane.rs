@@ -37,6 +37,8 @@ pub struct Pgvane {
     config: PathBuf,
     log: PathBuf,
     status: Option<ExitStatus>,
+    /// Removes `dir` if the test process dies without dropping us.
+    watchdog: Option<Child>,
 }
 
 impl Pgvane {
@@ -49,6 +51,28 @@ impl Pgvane {
             panic!("Pgvane::start: cannot find the listen port in the config; use Pgvane::start_on\n{config_toml}")
         });
         Pgvane::start_on(port, config_toml)
+    }
+
+    /// Picks a free port, builds the config with `make_config(port)` and starts
+    /// pgvane on it; if pgvane exits complaining that the address is in use
+    /// (another process took the port meanwhile), retries with a new port.
+    pub fn start_fn(make_config: impl Fn(u16) -> String) -> Pgvane {
+        for attempt in 1.. {
+            let port = free_port();
+            let mut p = Pgvane::spawn_with_args(&make_config(port), &[]);
+            p.port = port;
+            match p.try_wait_listening(START_TIMEOUT) {
+                Ok(()) => return p,
+                Err(msg) => {
+                    let log = p.log();
+                    let in_use = log.contains("in use") || log.contains("AddrInUse");
+                    if !(in_use && attempt < 4) {
+                        panic!("{msg}");
+                    }
+                }
+            }
+        }
+        unreachable!()
     }
 
     /// Like [`start`](Self::start) with the listen port given explicitly.
@@ -95,24 +119,48 @@ impl Pgvane {
                 panic!("failed to spawn {}: {e}", pgvane_bin().display());
             }
         };
-        Pgvane { child, port: 0, dir, config, log, status: None }
+        let watchdog = util::spawn_watchdog(&dir, None);
+        Pgvane {
+            child,
+            port: 0,
+            dir,
+            config,
+            log,
+            status: None,
+            watchdog,
+        }
     }
 
     /// Waits until 127.0.0.1:port accepts a TCP connection; panics with the log
     /// if pgvane exits or the timeout passes.
     pub fn wait_listening(&mut self, timeout: Duration) {
+        if let Err(msg) = self.try_wait_listening(timeout) {
+            panic!("{msg}");
+        }
+    }
+
+    fn try_wait_listening(&mut self, timeout: Duration) -> Result<(), String> {
         assert!(self.port != 0, "wait_listening: unknown port");
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + timeout;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
+            let connected = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            // Checked after connecting too: a listener of some other process on
+            // the port must not pass for pgvane.
             if let Some(st) = self.try_wait() {
-                panic!("pgvane exited ({st}) before listening on {addr}\n--- pgvane log ---\n{}", self.log());
+                return Err(format!(
+                    "pgvane exited ({st}) before listening on {addr}\n--- pgvane log ---\n{}",
+                    self.log()
+                ));
+            }
+            if connected {
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!("pgvane not listening on {addr} after {timeout:?}\n--- pgvane log ---\n{}", self.log());
+                return Err(format!(
+                    "pgvane not listening on {addr} after {timeout:?}\n--- pgvane log ---\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -143,11 +191,20 @@ impl Pgvane {
     /// Panics if the child has already been reaped (its pid could be reused).
     pub fn signal(&mut self, sig: i32) {
         if let Some(st) = self.try_wait() {
-            panic!("signal {sig}: pgvane already exited ({st})\n--- pgvane log ---\n{}", self.log());
+            panic!(
+                "signal {sig}: pgvane already exited ({st})\n--- pgvane log ---\n{}",
+                self.log()
+            );
         }
         // SAFETY: plain syscall on our own, not yet reaped, child pid.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig}): {}", self.child.id(), io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}): {}",
+            self.child.id(),
+            io::Error::last_os_error()
+        );
     }
 
     /// Non-blocking: the exit status if pgvane has exited.
@@ -176,9 +233,14 @@ impl Drop for Pgvane {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("--- pgvane (port {}) log at drop during panic ---\n{}", self.port, util::tail(&self.log, 80));
+            eprintln!(
+                "--- pgvane (port {}) log at drop during panic ---\n{}",
+                self.port,
+                util::tail(&self.log, 80)
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        util::stop_watchdog(&mut self.watchdog);
     }
 }
 
@@ -193,11 +255,17 @@ pub fn guess_listen_port(config_toml: &str) -> Option<u16> {
             section = line.trim_matches(|c| c == '[' || c == ']').to_string();
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let k = k.trim().trim_matches('"');
-        let v = v.trim().trim_matches(|c: char| matches!(c, '"' | '\'' | '[' | ']' | ' '));
+        let v = v
+            .trim()
+            .trim_matches(|c: char| matches!(c, '"' | '\'' | '[' | ']' | ' '));
         // Backend/server sections (e.g. [[shards]] port = ...) are not the listener.
-        let top_level_like = section.is_empty() || section.contains("listen") || section == "pgvane" || section == "proxy" || section == "server";
+        let top_level_like = section.is_empty()
+            || section.contains("listen")
+            || ["general", "pgvane", "proxy", "server", "pooler"].contains(&section.as_str());
         if k.contains("listen") || (k == "port" && top_level_like) {
             if let Some(p) = v.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
                 return Some(p);
@@ -225,7 +293,14 @@ fn spawn_with_pdeathsig(cmd: Command) -> io::Result<Child> {
                         let parent = unsafe { libc::getpid() };
                         unsafe {
                             cmd.pre_exec(move || {
-                                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                                if libc::prctl(
+                                    libc::PR_SET_PDEATHSIG,
+                                    libc::SIGKILL as libc::c_ulong,
+                                    0,
+                                    0,
+                                    0,
+                                ) != 0
+                                {
                                     return Err(io::Error::last_os_error());
                                 }
                                 // We may have lost the race with the parent dying.

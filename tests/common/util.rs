@@ -2,6 +2,7 @@
 //! binaries, free ports, private temp dirs, running commands as `postgres`
 //! when we are root, and the per-directory cleanup watchdog.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::io;
 use std::net::TcpListener;
@@ -10,7 +11,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,9 +56,16 @@ pub fn pg_bin_dir() -> &'static Path {
             if has_server_bins(&d) {
                 return d;
             }
-            panic!("PG_BIN={} does not contain initdb/pg_ctl/postgres", d.display());
+            panic!(
+                "PG_BIN={} does not contain initdb/pg_ctl/postgres",
+                d.display()
+            );
         }
-        if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
+        if let Ok(out) = Command::new("pg_config")
+            .arg("--bindir")
+            .stderr(Stdio::null())
+            .output()
+        {
             if out.status.success() {
                 let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
                 if has_server_bins(&d) {
@@ -70,7 +77,10 @@ pub fn pg_bin_dir() -> &'static Path {
             let mut best: Option<(Vec<u64>, PathBuf)> = None;
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let Ok(ver) = name.split('.').map(|p| p.parse::<u64>()).collect::<Result<Vec<_>, _>>()
+                let Ok(ver) = name
+                    .split('.')
+                    .map(|p| p.parse::<u64>())
+                    .collect::<Result<Vec<_>, _>>()
                 else {
                     continue;
                 };
@@ -139,7 +149,10 @@ pub fn free_port() -> u16 {
         // Cheap pseudo-random walk (no rand dependency): splitmix64 of pid/time/counter.
         let mut x = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
             ^ (std::process::id() as u64).rotate_left(32)
-            ^ SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+            ^ SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
         for _ in 0..500 {
             x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let mut z = x;
@@ -170,7 +183,11 @@ pub fn free_port() -> u16 {
 fn non_ephemeral_range() -> (u16, u16) {
     let eph_lo = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u16>().ok())
+        })
         .unwrap_or(32768);
     (15000, eph_lo.max(15000))
 }
@@ -181,11 +198,21 @@ pub fn make_temp_dir(kind: &str, for_postgres: bool) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let base = std::env::temp_dir();
     // PostgreSQL (running as `postgres`) must be able to traverse the parent.
-    let base = if for_postgres && is_root() { PathBuf::from("/tmp") } else { base };
+    let base = if for_postgres && is_root() {
+        PathBuf::from("/tmp")
+    } else {
+        base
+    };
     for _ in 0..100 {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = base.join(format!("{TMP_PREFIX}-{kind}-{}-{n}-{nanos:x}", std::process::id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = base.join(format!(
+            "{TMP_PREFIX}-{kind}-{}-{n}-{nanos:x}",
+            std::process::id()
+        ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
                 // umask can only remove bits; make the mode exact.
@@ -199,7 +226,10 @@ pub fn make_temp_dir(kind: &str, for_postgres: bool) -> PathBuf {
             Err(e) => panic!("create temp dir {}: {e}", dir.display()),
         }
     }
-    panic!("could not create a unique temp dir under {}", base.display());
+    panic!(
+        "could not create a unique temp dir under {}",
+        base.display()
+    );
 }
 
 pub fn chown_to_postgres(path: &Path) {
@@ -220,9 +250,22 @@ pub fn write_pg_file(path: &Path, contents: &str) {
 /// Strips libpq environment variables that could redirect our connections.
 pub fn scrub_pg_env(cmd: &mut Command) -> &mut Command {
     for v in [
-        "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGPASSFILE",
-        "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGSSLMODE", "PGREQUIRESSL", "PGAPPNAME",
-        "PGDATA", "PGTARGETSESSIONATTRS", "PGCONNECT_TIMEOUT",
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGREQUIRESSL",
+        "PGAPPNAME",
+        "PGDATA",
+        "PGTARGETSESSIONATTRS",
+        "PGCONNECT_TIMEOUT",
     ] {
         cmd.env_remove(v);
     }
@@ -243,7 +286,9 @@ pub fn pg_server_cmd(program: &str, cwd: &Path) -> Command {
         Command::new(path)
     };
     scrub_pg_env(&mut cmd);
-    cmd.current_dir(cwd).stdin(Stdio::null()).env("LC_ALL", "C.UTF-8");
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C.UTF-8");
     cmd
 }
 
@@ -310,7 +355,11 @@ pub fn spawn_watchdog(root: &Path, data_dir: Option<&Path>) -> Option<Child> {
     if let Some(data) = data_dir {
         let pg_ctl = sh_quote(&bin("pg_ctl").to_string_lossy());
         let data = sh_quote(&data.to_string_lossy());
-        let run_as = if is_root() { "runuser -u postgres -- " } else { "" };
+        let run_as = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         script.push_str(&format!(
             "if [ -f {data}/postmaster.pid ]; then {run_as}{pg_ctl} -D {data} stop -m immediate -w -t 30; fi; "
         ));
@@ -335,7 +384,10 @@ pub fn spawn_watchdog(root: &Path, data_dir: Option<&Path>) -> Option<Child> {
     match cmd.spawn() {
         Ok(c) => Some(c),
         Err(e) => {
-            eprintln!("warning: could not spawn cleanup watchdog for {}: {e}", root.display());
+            eprintln!(
+                "warning: could not spawn cleanup watchdog for {}: {e}",
+                root.display()
+            );
             None
         }
     }
