@@ -203,7 +203,10 @@ pub fn parse_bind(frame: &[u8]) -> Result<BindMsg<'_>, ProtocolError> {
 }
 
 /// Parameter values of a Bind, decoded lazily: (format code, value or None for NULL).
-pub fn bind_params(rest: &[u8]) -> Result<Vec<(i16, Option<&[u8]>)>, ProtocolError> {
+/// One Bind parameter: its format code (0 text, 1 binary) and value (None for NULL).
+pub type BindParam<'a> = (i16, Option<&'a [u8]>);
+
+pub fn bind_params(rest: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
     let mut b = rest;
     let nfmt = read_i16(&mut b)?;
     if nfmt < 0 {

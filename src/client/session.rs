@@ -351,6 +351,7 @@ impl Session {
             // Otherwise dropped: closing the server rolls back whatever the client left open.
         }
         self.app.unregister_cancel(self.ctx.cancel_key);
+        tracing::debug!(user = %self.ctx.user.name, database = %self.ctx.database.name, "client session ended");
         let _ = self.client.shutdown().await;
     }
 }
