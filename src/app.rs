@@ -5,13 +5,16 @@
 //! and keep what they need.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 
 use crate::auth::ScramVerifier;
 use crate::config::{Config, Database, PasswordKind, User};
+use crate::database::DbRuntime;
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::server::ConnectParams;
 
@@ -39,14 +42,59 @@ pub struct CancelTarget {
 /// One client's slot: updated at checkout and release.
 pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
 
+/// Client states for the admin console and metrics.
+pub const CLIENT_IDLE: u8 = 0;
+pub const CLIENT_ACTIVE: u8 = 1;
+pub const CLIENT_WAITING: u8 = 2;
+
+/// A connected, logged-in client, as operators see it.
+pub struct ClientInfo {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: String,
+    pub application_name: String,
+    pub connected_at: SystemTime,
+    /// CLIENT_IDLE, CLIENT_ACTIVE (holds a server) or CLIENT_WAITING (for a server).
+    pub state: AtomicU8,
+    /// The server it holds right now (shared with the cancel registry).
+    pub server: CancelSlot,
+    /// KILL / shutdown: the session ends as soon as it notices.
+    pub killed: AtomicBool,
+    pub kill: tokio::sync::Notify,
+}
+
+impl ClientInfo {
+    pub fn state_label(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            CLIENT_ACTIVE => "active",
+            CLIENT_WAITING => "waiting",
+            _ => "idle",
+        }
+    }
+
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
+    }
+}
+
 pub struct App {
     config: RwLock<Arc<Config>>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     cancels: Mutex<HashMap<(i32, i32), CancelSlot>>,
     verifiers: Mutex<HashMap<String, Arc<ScramVerifier>>>,
+    dbs: Mutex<HashMap<String, Arc<DbRuntime>>>,
+    registry: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+    next_client: AtomicU64,
+    /// DISABLE db: new logins to these databases are refused.
+    disabled: Mutex<HashSet<String>>,
     pub clients: AtomicUsize,
     pub shutdown_tx: watch::Sender<bool>,
     pub shutdown_rx: watch::Receiver<bool>,
+    /// Admin console and operations state: config file path (RELOAD/SIGHUP), paused
+    /// databases, SHOW STATS periods.
+    pub admin: crate::admin::AdminState,
 }
 
 impl App {
@@ -57,9 +105,14 @@ impl App {
             pools: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             verifiers: Mutex::new(HashMap::new()),
+            dbs: Mutex::new(HashMap::new()),
+            registry: Mutex::new(HashMap::new()),
+            next_client: AtomicU64::new(1),
+            disabled: Mutex::new(HashSet::new()),
             clients: AtomicUsize::new(0),
             shutdown_tx: tx,
             shutdown_rx: rx,
+            admin: crate::admin::AdminState::default(),
         })
     }
 
@@ -88,6 +141,27 @@ impl App {
         let v = Arc::new(v);
         self.verifiers.lock().ok()?.insert(key, v.clone());
         Some(v)
+    }
+
+    /// The runtime of a database (replication monitors, routing state), started on first use.
+    pub fn db_runtime(&self, db: &Database, user: &User) -> Arc<DbRuntime> {
+        let mut dbs = match self.dbs.lock() {
+            Ok(d) => d,
+            Err(e) => e.into_inner(),
+        };
+        if let Some(d) = dbs.get(&db.name) {
+            return d.clone();
+        }
+        let d = DbRuntime::start(db, user);
+        dbs.insert(db.name.clone(), d.clone());
+        d
+    }
+
+    pub fn all_dbs(&self) -> Vec<Arc<DbRuntime>> {
+        self.dbs
+            .lock()
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Pools for a user's session on a database, created on first use.
@@ -170,6 +244,116 @@ impl App {
         let slot = self.cancels.lock().ok()?.get(&(pid, secret))?.clone();
         let t = slot.lock().ok()?.clone();
         t
+    }
+
+    /// Add a logged-in client to the registry.
+    pub fn register_client(
+        &self,
+        user: &str,
+        database: &str,
+        addr: String,
+        application_name: String,
+        server: CancelSlot,
+    ) -> Arc<ClientInfo> {
+        let info = Arc::new(ClientInfo {
+            id: self.next_client.fetch_add(1, Ordering::Relaxed),
+            user: user.to_string(),
+            database: database.to_string(),
+            addr,
+            application_name,
+            connected_at: SystemTime::now(),
+            state: AtomicU8::new(CLIENT_IDLE),
+            server,
+            killed: AtomicBool::new(false),
+            kill: tokio::sync::Notify::new(),
+        });
+        if let Ok(mut r) = self.registry.lock() {
+            r.insert(info.id, info.clone());
+        }
+        info
+    }
+
+    pub fn unregister_client(&self, id: u64) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.remove(&id);
+        }
+    }
+
+    pub fn clients_snapshot(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self
+            .registry
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    pub fn set_disabled(&self, db: &str, disabled: bool) {
+        if let Ok(mut d) = self.disabled.lock() {
+            if disabled {
+                d.insert(db.to_string());
+            } else {
+                d.remove(db);
+            }
+        }
+    }
+
+    pub fn is_disabled(&self, db: &str) -> bool {
+        self.disabled
+            .lock()
+            .map(|d| d.contains(db))
+            .unwrap_or(false)
+    }
+
+    /// Apply a new, already validated configuration without dropping clients: pool sizes and
+    /// timeouts change in place, removed databases/users drain (no new connections), changed
+    /// databases get a fresh routing runtime for new sessions.
+    pub fn reload(&self, new: Config) {
+        let new = Arc::new(new);
+        let old = self.config();
+        if let Ok(mut c) = self.config.write() {
+            *c = new.clone();
+        }
+        let pools: Vec<(PoolKey, Arc<Pool>)> = self
+            .pools
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (key, pool) in pools {
+            let still = new
+                .user(&key.user)
+                .zip(new.database(&key.database))
+                .filter(|(_, db)| {
+                    db.shards
+                        .iter()
+                        .flat_map(|s| std::iter::once(&s.primary).chain(s.replicas.iter()))
+                        .any(|b| {
+                            b.host == key.host
+                                && b.port == key.port
+                                && b.dbname_or(&db.name) == key.dbname
+                        })
+                });
+            match still {
+                Some((user, db)) => pool.update_settings(pool_settings(&new, user, db, &key)),
+                None => {
+                    pool.close();
+                    if let Ok(mut p) = self.pools.lock() {
+                        p.remove(&key);
+                    }
+                }
+            }
+        }
+        if let Ok(mut dbs) = self.dbs.lock() {
+            dbs.retain(|name, _| {
+                let before = old.database(name).map(|d| format!("{d:?}"));
+                let after = new.database(name).map(|d| format!("{d:?}"));
+                before.is_some() && before == after
+            });
+        }
+        if let Ok(mut v) = self.verifiers.lock() {
+            v.clear();
+        }
     }
 
     pub fn client_count(&self) -> usize {

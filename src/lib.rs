@@ -4,13 +4,18 @@
 //! Data flows one way: client socket → session state machine (`client`) → pool checkout
 //! (`pool`) → server socket (`server`), and back.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod database;
 pub mod listener;
+pub mod metrics;
 pub mod params;
 pub mod pool;
 pub mod protocol;
+pub mod replication;
+pub mod router;
 pub mod server;
 pub mod sharding;

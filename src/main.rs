@@ -117,8 +117,33 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config_path = std::fs::canonicalize(&cli.config).unwrap_or_else(|_| cli.config.clone());
     rt.block_on(async move {
+        // Signal handlers first: a SIGHUP must never hit the default action (exit).
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            eprintln!("pgvane: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
         let listen = cfg.general.listen_addr.clone();
+        let metrics_addr = cfg.general.metrics_addr.clone();
+        let app = pgvane::app::App::new(cfg);
+        app.admin.set_config_path(config_path);
+        pgvane::admin::spawn_background(&app);
+        if let Some(addr) = metrics_addr {
+            match pgvane::metrics::serve(app.clone(), &addr).await {
+                Ok(_) => tracing::info!(%addr, "metrics on http://{addr}/metrics"),
+                Err(e) => {
+                    eprintln!("pgvane: cannot listen on metrics_addr {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        // Metrics first: once the client port accepts, every endpoint is up.
         let listener = match pgvane::listener::bind(&listen) {
             Ok(l) => l,
             Err(e) => {
@@ -127,21 +152,27 @@ fn run(cli: &Cli) -> ExitCode {
             }
         };
         tracing::info!(%listen, "pgvane listening");
-        let app = pgvane::app::App::new(cfg);
         let signals = app.clone();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
             let _ = signals.shutdown_tx.send(true);
+        });
+        let reloads = app.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match pgvane::admin::reload_from_file(&reloads) {
+                    Ok(notices) => {
+                        tracing::info!("configuration reloaded (SIGHUP)");
+                        for n in notices {
+                            tracing::warn!("{n}");
+                        }
+                    }
+                    Err(e) => tracing::error!("SIGHUP: {e}"),
+                }
+            }
         });
         pgvane::listener::serve(app, listener).await;
         tracing::info!("pgvane stopped");

@@ -94,6 +94,16 @@ pub struct PoolStats {
     pub total_connects: AtomicU64,
     pub checkouts: AtomicU64,
     pub wait_time_us: AtomicU64,
+    /// Longest current wait is not tracked; the largest single wait seen since the last reset.
+    pub max_wait_us: AtomicU64,
+    /// Transactions and queries served, bytes and time, added by sessions at release.
+    pub xact_count: AtomicU64,
+    pub query_count: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub xact_time_us: AtomicU64,
+    pub query_time_us: AtomicU64,
+    pub errors: AtomicU64,
 }
 
 /// Identity of a pool.
@@ -117,6 +127,13 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Total connections open (idle + in use).
     open: AtomicUsize,
+    /// PAUSE: checkouts wait until RESUME.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// RECONNECT bumps this; connections from an older generation are closed on return.
+    generation: AtomicU64,
+    /// Set when the pool's database or user is removed by a reload: no new connections.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A connection checked out of a pool. Dropping it closes the connection; return it with
@@ -164,6 +181,10 @@ impl Pool {
             reported: Mutex::new(None),
             stats: PoolStats::default(),
             open: AtomicUsize::new(0),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            generation: AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(maintain(Arc::downgrade(&pool)));
         pool
@@ -232,14 +253,24 @@ impl Pool {
         }
         .await;
         self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.stats
-            .wait_time_us
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let waited = started.elapsed().as_micros() as u64;
+        self.stats.wait_time_us.fetch_add(waited, Ordering::Relaxed);
+        self.stats.max_wait_us.fetch_max(waited, Ordering::Relaxed);
         r
     }
 
     /// Check out a connection: an idle one if any is usable, else a new one.
     pub async fn get(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        while self.paused.load(Ordering::Acquire) {
+            let notified = self.resumed.notified();
+            if !self.paused.load(Ordering::Acquire) {
+                break;
+            }
+            notified.await;
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PoolError::Closed);
+        }
         let s = self.settings();
         let permit = self.acquire_permit(&s).await?;
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +328,10 @@ impl Pool {
 
     /// Return a clean, idle connection.
     pub fn put(&self, mut c: PooledConn) {
-        if c.broken {
+        if c.broken
+            || c.generation != self.generation.load(Ordering::Relaxed)
+            || self.closed.load(Ordering::Relaxed)
+        {
             return; // dropped: closed
         }
         let Some(mut conn) = c.conn.take() else {
@@ -316,6 +350,73 @@ impl Pool {
         drop(c);
     }
 
+    /// PAUSE: new checkouts wait until [`Pool::resume`].
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// RECONNECT: close idle connections now and busy ones when they come back.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.close_idle();
+    }
+
+    /// The pool's database/user was removed: no new checkouts, connections close on return.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.resume();
+        self.close_idle();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Apply new settings (reload): the size changes take effect at once.
+    pub fn update_settings(&self, new: PoolSettings) {
+        let old = self.settings();
+        if new.size > old.size {
+            self.main.add_permits(new.size - old.size);
+        } else if new.size < old.size {
+            let shrink = old.size - new.size;
+            let forgotten = self.main.forget_permits(shrink);
+            if forgotten < shrink {
+                // Busy permits: take them as they are released.
+                let sem = self.main.clone();
+                let rest = (shrink - forgotten) as u32;
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(rest).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        if new.reserve_size > old.reserve_size {
+            self.reserve
+                .add_permits(new.reserve_size - old.reserve_size);
+        } else if new.reserve_size < old.reserve_size {
+            self.reserve
+                .forget_permits(old.reserve_size - new.reserve_size);
+        }
+        let backend_changed =
+            new.connect.user != old.connect.user || new.connect.password != old.connect.password;
+        if let Ok(mut s) = self.settings.write() {
+            *s = Arc::new(new);
+        }
+        if backend_changed {
+            self.reconnect();
+        }
+    }
+
     /// Close all idle connections (RECONNECT, reload of backend settings).
     pub fn close_idle(&self) {
         let drained: Vec<ServerConn> = self
@@ -327,6 +428,24 @@ impl Pool {
         for c in drained {
             tokio::spawn(c.close());
         }
+    }
+
+    /// The idle connections, for SHOW SERVERS (admin console; takes the idle lock briefly).
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        self.idle
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .map(|c| IdleServer {
+                        id: c.id,
+                        pid: c.pid,
+                        local_addr: c.stream.local_addr().ok(),
+                        created: c.created,
+                        last_used: c.last_used,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -369,4 +488,14 @@ async fn maintain(pool: Weak<Pool>) {
             }
         }
     }
+}
+
+/// An idle server connection as SHOW SERVERS lists it.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    pub id: u64,
+    pub pid: i32,
+    pub local_addr: Option<std::net::SocketAddr>,
+    pub created: Instant,
+    pub last_used: Instant,
 }

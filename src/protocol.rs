@@ -457,6 +457,38 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
     finish(out, s);
 }
 
+/// RowDescription for text columns (type text, OID 25).
+pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
+    let s = begin(out, b'T');
+    out.put_i16(columns.len() as i16);
+    for c in columns {
+        put_cstr(out, c.as_bytes());
+        out.put_i32(0); // table oid
+        out.put_i16(0); // attnum
+        out.put_i32(25); // type oid: text
+        out.put_i16(-1); // typlen
+        out.put_i32(-1); // typmod
+        out.put_i16(0); // text format
+    }
+    finish(out, s);
+}
+
+/// DataRow with text values (None = NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    let s = begin(out, b'D');
+    out.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v.as_bytes());
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    finish(out, s);
+}
+
 pub fn query(out: &mut BytesMut, sql: &str) {
     let s = begin(out, b'Q');
     put_cstr(out, sql.as_bytes());

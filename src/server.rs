@@ -152,6 +152,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Set when the connection is in an unknown state and must not be reused.
     pub broken: bool,
+    /// The pool generation it was opened in (RECONNECT retires older ones).
+    pub generation: u64,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -182,6 +184,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             broken: false,
+            generation: 0,
         };
         let mut out = BytesMut::new();
         let mut sp: Vec<(&str, &str)> = vec![("user", &p.user), ("database", &p.dbname)];
@@ -319,6 +322,39 @@ impl ServerConn {
         }
     }
 
+    /// The server's current WAL position (`pg_current_wal_lsn()`), for read-your-writes.
+    pub async fn query_lsn(&mut self) -> Result<Option<u64>, ServerError> {
+        let mut out = BytesMut::new();
+        // The insert position covers this session's commit record even with
+        // synchronous_commit = off (the write position may not yet).
+        protocol::query(
+            &mut out,
+            "SELECT pg_catalog.pg_current_wal_insert_lsn()::text",
+        );
+        self.stream.write_all(&out).await?;
+        let mut lsn = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f[0] {
+                b'D' => {
+                    // One text column: int16 count, int32 length, bytes.
+                    let b = protocol::body(&f);
+                    if b.len() > 6 {
+                        let text = String::from_utf8_lossy(&b[6..]);
+                        lsn = crate::replication::parse_lsn(&text).map(commit_end);
+                    }
+                }
+                b'Z' => {
+                    if f.len() < 6 || f[5] != b'I' {
+                        self.broken = true;
+                    }
+                    return Ok(lsn);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Keep the prepared-statement cache honest when a client runs DISCARD/DEALLOCATE ALL.
     pub fn note_command_complete(&mut self, frame: &[u8]) {
         let tag = protocol::command_tag(frame);
@@ -348,6 +384,20 @@ impl ServerConn {
         let mut out = BytesMut::new();
         protocol::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&out)).await;
+    }
+}
+
+/// An insert position just past a WAL page header means the commit record ended at the end of
+/// the previous page: that end is what a replica's replay position reports.
+pub fn commit_end(lsn: u64) -> u64 {
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 * 1024 * 1024;
+    if lsn % SEGMENT == 40 {
+        lsn - 40
+    } else if lsn % PAGE == 24 {
+        lsn - 24
+    } else {
+        lsn
     }
 }
 

@@ -52,8 +52,10 @@ pub enum Pending {
     },
     Sync,
     Function,
-    /// A message pgvane answers itself, released once everything before it has answered.
-    Synthetic(u8),
+    /// Messages pgvane answers itself, released once everything before them has answered.
+    Synthetic(Bytes),
+    /// A statement pgvane sent itself (a deferred BEGIN): its answers are swallowed.
+    Internal,
 }
 
 fn maybe_set(sql: &[u8]) -> Option<SetCmd> {
@@ -66,19 +68,19 @@ fn maybe_set(sql: &[u8]) -> Option<SetCmd> {
 }
 
 impl Session {
-    fn push_synthetic(&mut self, tag: u8) {
+    pub(super) fn push_synthetic(&mut self, msg: Bytes) {
         if self.pending.is_empty() {
-            write_synthetic(&mut self.cout, tag);
+            self.cout.extend_from_slice(&msg);
         } else {
-            self.pending.push_back(Pending::Synthetic(tag));
+            self.pending.push_back(Pending::Synthetic(msg));
         }
     }
 
     fn drain_synthetic(&mut self) {
-        while let Some(Pending::Synthetic(tag)) = self.pending.front() {
-            let tag = *tag;
-            self.pending.pop_front();
-            write_synthetic(&mut self.cout, tag);
+        while let Some(Pending::Synthetic(_)) = self.pending.front() {
+            if let Some(Pending::Synthetic(msg)) = self.pending.pop_front() {
+                self.cout.extend_from_slice(&msg);
+            }
         }
     }
 
@@ -128,6 +130,7 @@ impl Session {
             match tag {
                 b'S' => {
                     self.skip_until_sync = false;
+                    self.batch_open = false;
                     if self.server.is_some() {
                         self.sout.extend_from_slice(&frame);
                         self.pending.push_back(Pending::Sync);
@@ -143,6 +146,18 @@ impl Session {
         match tag {
             b'X' => Err(End::ClientGone),
             b'Q' => {
+                let text = protocol::query_text(&frame)?;
+                if let Some(cmd) = crate::router::pgvane_command(&String::from_utf8_lossy(text)) {
+                    let saved = std::mem::take(&mut self.cout);
+                    self.pgvane_command(cmd).await;
+                    protocol::ready_for_query(&mut self.cout, self.tx_status);
+                    let reply = std::mem::replace(&mut self.cout, saved).freeze();
+                    self.push_synthetic(reply);
+                    return Ok(());
+                }
+                if self.routing && !self.route_query(&frame).await? {
+                    return Ok(());
+                }
                 if !self.ensure_server().await? {
                     protocol::ready_for_query(&mut self.cout, b'I');
                     return Ok(());
@@ -153,6 +168,7 @@ impl Session {
                 Ok(())
             }
             b'S' => {
+                self.batch_open = false;
                 if self.server.is_none() {
                     self.drain_synthetic();
                     protocol::ready_for_query(&mut self.cout, self.tx_status);
@@ -185,7 +201,8 @@ impl Session {
                 if kind == b'S' && !name.is_empty() && self.rewrite {
                     // The shared statement stays prepared on servers; only the client's name goes.
                     self.stmts.remove(name);
-                    self.push_synthetic(b'3');
+                    self.routes.remove(name);
+                    self.push_synthetic(Bytes::from_static(CLOSE_COMPLETE));
                     return Ok(());
                 }
                 if !self.need_server_extended().await? {
@@ -199,7 +216,12 @@ impl Session {
                 Ok(())
             }
             b'P' | b'B' | b'D' | b'E' | b'F' => {
-                if !self.need_server_extended().await? {
+                if self.routing {
+                    if !self.route_extended(&frame).await? {
+                        self.skip_until_sync = true;
+                        return Ok(());
+                    }
+                } else if !self.need_server_extended().await? {
                     return Ok(());
                 }
                 self.forward_extended(frame)
@@ -222,10 +244,19 @@ impl Session {
     }
 
     fn forward_extended(&mut self, frame: Bytes) -> Result<(), End> {
+        self.batch_open = true;
         match frame[0] {
             b'P' => {
                 let p = protocol::parse_parse(&frame)?;
                 let set = maybe_set(p.query);
+                if self.routing {
+                    let info = self.route_info(p.query, p.param_types);
+                    if p.name.is_empty() {
+                        self.unnamed_route = Some(info);
+                    } else {
+                        self.routes.insert(p.name.to_vec(), info);
+                    }
+                }
                 if p.name.is_empty() || !self.rewrite {
                     if p.name.is_empty() {
                         self.unnamed_set = set;
@@ -245,7 +276,7 @@ impl Session {
                     .as_mut()
                     .is_some_and(|s| s.prepared.touch(def.id));
                 if present {
-                    self.push_synthetic(b'1');
+                    self.push_synthetic(Bytes::from_static(PARSE_COMPLETE));
                 } else {
                     self.prepare_on_server(&def, false);
                 }
@@ -393,6 +424,7 @@ impl Session {
                 done = tag == b'3';
             }
             Pending::Sync | Pending::Function | Pending::SwallowReady => done = tag == b'Z',
+            Pending::Internal => forward = false,
             Pending::Synthetic(_) => {}
         }
         if tag == b'Z' {
@@ -430,13 +462,14 @@ impl Session {
             }
         }
         match self.pending.front() {
-            Some(Pending::SwallowReady) => {
+            Some(Pending::SwallowReady | Pending::Internal) => {
                 self.pending.pop_front();
                 self.tx_status = status;
                 return Ok(());
             }
             Some(Pending::Query { .. } | Pending::Sync | Pending::Function) => {
                 self.pending.pop_front();
+                self.queries += 1;
             }
             _ => {
                 if let Some(s) = self.server.as_mut() {
@@ -489,7 +522,8 @@ impl Session {
         }
         match self.pending.front_mut() {
             Some(Pending::Query { ok, .. }) => *ok = false,
-            Some(Pending::Sync | Pending::Function | Pending::SwallowReady) | None => {}
+            Some(Pending::Sync | Pending::Function | Pending::SwallowReady | Pending::Internal)
+            | None => {}
             Some(_) => {
                 // Extended protocol: the server skips everything up to Sync.
                 while let Some(p) = self.pending.front() {
@@ -590,9 +624,5 @@ impl Session {
     }
 }
 
-fn write_synthetic(out: &mut bytes::BytesMut, tag: u8) {
-    match tag {
-        b'1' => protocol::parse_complete(out),
-        _ => protocol::close_complete(out),
-    }
-}
+const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];

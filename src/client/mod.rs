@@ -7,9 +7,14 @@
 //! Must not: touch server connections except to learn a backend's reported parameters; all
 //! statement traffic belongs to the session.
 
+mod fanout;
 mod forward;
 pub mod prepared;
+mod route;
 mod session;
+
+pub use fanout::{merge_responses, merge_tags};
+pub use route::{choose_role, Role, RoleContext};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,6 +42,12 @@ impl Drop for ClientGuard {
     }
 }
 
+/// A successful login: a pooled session, or the admin console.
+enum Login {
+    Session(Box<session::SessionCtx>),
+    Admin { user: String, read_only: bool },
+}
+
 /// A failed login: SQLSTATE and message sent as FATAL before closing.
 struct Reject(&'static str, String);
 
@@ -62,7 +73,10 @@ pub async fn handle(app: Arc<App>, mut stream: TcpStream, over_limit: bool) {
     )
     .await;
     match login {
-        Ok(Ok(Some(ctx))) => session::run(app, stream, ctx).await,
+        Ok(Ok(Some(Login::Session(ctx)))) => session::run(app, stream, *ctx).await,
+        Ok(Ok(Some(Login::Admin { user, read_only }))) => {
+            crate::admin::serve(app, stream, user, read_only).await
+        }
         Ok(Ok(None)) => {}
         Ok(Err(Reject(code, msg))) => {
             tracing::debug!(code, %msg, "login rejected");
@@ -127,7 +141,7 @@ async fn login(
     stream: &mut TcpStream,
     out: &mut BytesMut,
     over_limit: bool,
-) -> Result<Option<session::SessionCtx>, Reject> {
+) -> Result<Option<Login>, Reject> {
     let (minor, startup) = loop {
         let body = read_startup_packet(stream).await?;
         match protocol::parse_startup(&body)? {
@@ -180,10 +194,32 @@ async fn login(
     protocol::auth_ok(out);
 
     if db_name == cfg.general.admin_database {
-        return Err(Reject(
-            "0A000",
-            "the admin console is not available yet".into(),
-        ));
+        let admin = cfg.general.admin_users.iter().any(|u| *u == user.name);
+        let stats = cfg.general.stats_users.iter().any(|u| *u == user.name);
+        if !admin && !stats {
+            return Err(Reject(
+                "28000",
+                format!("user \"{}\" may not use the admin console", user.name),
+            ));
+        }
+        for (k, v) in [
+            ("server_version", crate::admin::SERVER_VERSION),
+            ("server_encoding", "UTF8"),
+            ("client_encoding", "UTF8"),
+            ("DateStyle", "ISO, MDY"),
+            ("integer_datetimes", "on"),
+            ("standard_conforming_strings", "on"),
+        ] {
+            protocol::parameter_status(out, k, v);
+        }
+        protocol::backend_key_data(out, 0, 0);
+        protocol::ready_for_query(out, b'I');
+        stream.write_all(out).await?;
+        out.clear();
+        return Ok(Some(Login::Admin {
+            user: user.name.clone(),
+            read_only: !admin,
+        }));
     }
     let Some(db) = cfg.database(&db_name).cloned() else {
         return Err(Reject(
@@ -191,10 +227,17 @@ async fn login(
             format!("database \"{db_name}\" does not exist"),
         ));
     };
+    if app.is_disabled(&db.name) {
+        return Err(Reject(
+            "57P03",
+            format!("database \"{db_name}\" is disabled"),
+        ));
+    }
     if app.is_shutting_down() {
         return Err(Reject("57P03", "pgvane is shutting down".into()));
     }
     let pools = app.pools_for(&user, &db);
+    let runtime = app.db_runtime(&db, &user);
     let mode = cfg.pool_mode_for(&user, &db);
     let startup_params = params::from_startup(&startup);
 
@@ -235,11 +278,20 @@ async fn login(
         }
     }
     let (cancel_key, cancel_slot) = app.register_cancel();
+    let app_name = match startup_params.get("application_name") {
+        Some(params::Setting::Value(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let info = app.register_client(&user.name, &db.name, peer, app_name, cancel_slot.clone());
     protocol::backend_key_data(out, cancel_key.0, cancel_key.1);
     protocol::ready_for_query(out, b'I');
     stream.write_all(out).await?;
     out.clear();
-    Ok(Some(session::SessionCtx {
+    Ok(Some(Login::Session(Box::new(session::SessionCtx {
         user,
         database: db,
         mode,
@@ -248,7 +300,9 @@ async fn login(
         cancel_key,
         cancel_slot,
         general: cfg.general.clone(),
-    }))
+        db: runtime,
+        info,
+    }))))
 }
 
 async fn authenticate(

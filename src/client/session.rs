@@ -19,11 +19,16 @@ use tokio::net::TcpStream;
 
 use super::forward::Pending;
 use super::prepared::StmtDef;
-use crate::app::{App, CancelSlot, CancelTarget, DbPools};
+use super::route::{DeferredBegin, Role, Target};
+use crate::app::{
+    App, CancelSlot, CancelTarget, ClientInfo, DbPools, CLIENT_ACTIVE, CLIENT_IDLE, CLIENT_WAITING,
+};
 use crate::config::{Database, General, PoolMode, User};
+use crate::database::DbRuntime;
 use crate::params::{self, Params};
 use crate::pool::{Pool, PooledConn};
 use crate::protocol;
+use crate::router::RouteSetting;
 
 /// Everything login learned about the client.
 pub struct SessionCtx {
@@ -35,6 +40,8 @@ pub struct SessionCtx {
     pub cancel_key: (i32, i32),
     pub cancel_slot: CancelSlot,
     pub general: General,
+    pub db: Arc<DbRuntime>,
+    pub info: Arc<ClientInfo>,
 }
 
 /// How a session ends.
@@ -83,10 +90,39 @@ pub struct Session {
     pub(super) replaying: bool,
     /// The server is in COPY IN mode (between CopyInResponse and CopyDone/CopyFail).
     pub(super) copy_in: bool,
+    /// Statements are analyzed and routed (read/write split or sharding is on).
+    pub(super) routing: bool,
+    /// Where the held server came from.
+    pub(super) held: Option<Target>,
+    /// `SET pgvane.route`.
+    pub(super) route: RouteSetting,
+    /// `SET pgvane.min_lsn`: reads must see at least this WAL position.
+    pub(super) min_lsn: u64,
+    /// The primary's WAL position after this client's last write commit.
+    pub(super) last_write_lsn: u64,
+    /// When this client last committed a write (read_after_write = "time").
+    pub(super) last_write_at: Option<Instant>,
+    pub(super) session_shard: Option<u32>,
+    pub(super) session_sharding_key: Option<String>,
+    /// A BEGIN answered by pgvane, to be sent with the transaction's first statement.
+    pub(super) deferred_begin: Option<DeferredBegin>,
+    /// The current transaction wrote on a primary (for read-your-writes).
+    pub(super) tx_wrote: bool,
+    /// Routing facts of the client's prepared statements, by client name, and of the unnamed one.
+    pub(super) routes: HashMap<Vec<u8>, Arc<super::route::RouteInfo>>,
+    pub(super) unnamed_route: Option<Arc<super::route::RouteInfo>>,
+    /// Per-checkout statistics, added to the pool's at release.
+    pub(super) checkout_at: Option<Instant>,
+    pub(super) queries: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub(super) batch_open: bool,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
     let rewrite = ctx.mode != PoolMode::Session;
+    let routing = ctx.mode != PoolMode::Session && ctx.db.needs_analysis();
     let effective = ctx.startup.clone();
     let max_message = ctx.general.max_message_size;
     let mut s = Session {
@@ -109,6 +145,23 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         max_message,
         replaying: false,
         copy_in: false,
+        routing,
+        held: None,
+        route: RouteSetting::Auto,
+        min_lsn: 0,
+        last_write_lsn: 0,
+        last_write_at: None,
+        session_shard: None,
+        session_sharding_key: None,
+        deferred_begin: None,
+        tx_wrote: false,
+        routes: HashMap::new(),
+        unnamed_route: None,
+        checkout_at: None,
+        queries: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        batch_open: false,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
@@ -127,12 +180,20 @@ impl Session {
         let idle_tx = self.ctx.general.idle_transaction_timeout;
         let client_idle = self.ctx.general.client_idle_timeout;
         loop {
-            while let Some(frame) = protocol::split_frame(&mut self.cin, self.max_message)? {
+            if self.routing {
+                // The next statement may belong elsewhere: give the server back first.
+                self.flush_client().await?;
+                self.maybe_release().await;
+            }
+            while !self.must_wait_for_server() {
+                let Some(frame) = protocol::split_frame(&mut self.cin, self.max_message)? else {
+                    break;
+                };
                 self.on_client_frame(frame).await?;
             }
             self.flush_server().await?;
             self.flush_client().await?;
-            self.maybe_release();
+            self.maybe_release().await;
             if self.cin.is_empty() && self.cin.capacity() > 64 * 1024 && self.server.is_none() {
                 self.cin = BytesMut::new();
             }
@@ -149,6 +210,9 @@ impl Session {
                         return Err(End::Fatal("08P01", "client_idle_timeout: closing idle client connection".into()));
                     }
                     _ = shutdown.changed() => {}
+                    _ = self.ctx.info.kill.notified() => {
+                        return Err(End::Fatal("57P01", "terminating connection due to administrator command".into()));
+                    }
                 }
                 continue;
             };
@@ -168,8 +232,26 @@ impl Session {
                 _ = sleep_until(deadline) => {
                     return Err(End::Fatal("25P03", "idle_transaction_timeout: terminating connection due to idle-in-transaction timeout".into()));
                 }
+                _ = self.ctx.info.kill.notified() => {
+                    return Err(End::Fatal("57P01", "terminating connection due to administrator command".into()));
+                }
             }
         }
+    }
+
+    /// With routing on, a new statement outside a transaction may belong on another server:
+    /// while the held server still owes answers to earlier (pipelined) statements, the next
+    /// one waits in the buffer until the server is free and can be released.
+    fn must_wait_for_server(&self) -> bool {
+        self.routing
+            && self.server.is_some()
+            && self.tx_status == b'I'
+            && !self.batch_open
+            && !self.pending.is_empty()
+            && matches!(
+                self.cin.first(),
+                Some(b'Q' | b'P' | b'B' | b'D' | b'E' | b'F')
+            )
     }
 
     /// Handle every complete frame the server has sent.
@@ -196,6 +278,7 @@ impl Session {
         if self.sout.is_empty() {
             return Ok(());
         }
+        self.bytes_in += self.sout.len() as u64;
         if let Some(server) = self.server.as_mut() {
             if server.stream.write_all(&self.sout).await.is_err() {
                 self.sout.clear();
@@ -212,6 +295,7 @@ impl Session {
             return Ok(());
         }
         let r = self.client.write_all(&self.cout).await;
+        self.bytes_out += self.cout.len() as u64;
         self.cout.clear();
         if self.cout.capacity() > 256 * 1024 {
             self.cout = BytesMut::new();
@@ -219,25 +303,65 @@ impl Session {
         r.map_err(|_| End::ClientGone)
     }
 
-    /// The pool the next statement's server comes from.
-    fn target_pool(&self) -> Arc<Pool> {
-        self.ctx.pools.shards[0].primary.clone()
+    /// The pool for a target (shard 0's primary when none).
+    fn pool_for(&self, t: Option<&Target>) -> Arc<Pool> {
+        let Some(t) = t else {
+            return self.ctx.pools.shards[0].primary.clone();
+        };
+        let shard = &self.ctx.pools.shards[t.shard as usize];
+        match (t.role, t.replica) {
+            (Role::Replica, Some(i)) => shard.replicas[i].clone(),
+            _ => shard.primary.clone(),
+        }
     }
 
     /// Make sure a server is held. On failure the error is queued for the client and false
     /// is returned; the caller finishes the client's request.
     pub(super) async fn ensure_server(&mut self) -> Result<bool, End> {
+        self.ensure_server_for(None).await
+    }
+
+    pub(super) async fn ensure_server_for(&mut self, target: Option<Target>) -> Result<bool, End> {
         if self.server.is_some() {
             return Ok(true);
         }
-        let pool = self.target_pool();
-        let mut conn = match pool.get().await {
-            Ok(c) => c,
-            Err(e) => {
-                let (code, msg) = e.sqlstate();
-                tracing::debug!(%msg, "checkout failed");
-                protocol::error_response(&mut self.cout, "ERROR", code, &msg);
-                return Ok(false);
+        let mut target = target;
+        self.ctx
+            .info
+            .state
+            .store(CLIENT_WAITING, std::sync::atomic::Ordering::Relaxed);
+        let mut conn = loop {
+            let pool = self.pool_for(target.as_ref());
+            let got = pool.get().await;
+            self.ctx
+                .info
+                .state
+                .store(CLIENT_IDLE, std::sync::atomic::Ordering::Relaxed);
+            match got {
+                Ok(c) => break c,
+                Err(e) => {
+                    // A replica that cannot be reached: count it against the replica and
+                    // send the read to the primary instead.
+                    if let Some(t) = target.as_mut().filter(|t| t.role == Role::Replica) {
+                        if let (Some(i), Some(sr)) =
+                            (t.replica, self.ctx.db.shards.get(t.shard as usize))
+                        {
+                            if let (Some(b), crate::pool::PoolError::Connect(_)) =
+                                (sr.state.replicas.get(i), &e)
+                            {
+                                b.record_failure(&self.ctx.db.repl);
+                            }
+                        }
+                        t.role = Role::Primary;
+                        t.replica = None;
+                        t.reason = format!("replica unavailable ({e})");
+                        continue;
+                    }
+                    let (code, msg) = e.sqlstate();
+                    tracing::debug!(%msg, "checkout failed");
+                    protocol::error_response(&mut self.cout, "ERROR", code, &msg);
+                    return Ok(false);
+                }
             }
         };
         if let Some(sql) = params::sync_sql(&self.effective, &conn.params) {
@@ -266,22 +390,89 @@ impl Session {
                 secret: conn.secret,
             });
         }
+        if let Some(t) = &target {
+            let db = &self.ctx.db;
+            match (t.role, t.replica) {
+                (Role::Replica, Some(i)) => {
+                    db.stats
+                        .replica
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(b) = db
+                        .shards
+                        .get(t.shard as usize)
+                        .and_then(|s| s.state.replicas.get(i))
+                    {
+                        b.count_read();
+                        b.record_success();
+                    }
+                }
+                _ => {
+                    db.stats
+                        .primary
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         self.tx_status = b'I';
         self.server = Some(conn);
+        self.held = target;
+        self.ctx
+            .info
+            .state
+            .store(CLIENT_ACTIVE, std::sync::atomic::Ordering::Relaxed);
+        self.checkout_at = Some(Instant::now());
+        if let Some(begin) = self.deferred_begin.take() {
+            // The transaction's first statement chose this server: open the transaction here.
+            protocol::query(&mut self.sout, &String::from_utf8_lossy(&begin.sql));
+            self.pending.push_back(Pending::Internal);
+            self.tx_status = b'T';
+        }
         Ok(true)
     }
 
     /// Give the server back when the pool mode allows it.
-    fn maybe_release(&mut self) {
+    async fn maybe_release(&mut self) {
         if self.ctx.mode == PoolMode::Session || !self.pending.is_empty() || self.tx_status != b'I'
         {
             return;
         }
+        if self.server.is_none() {
+            return;
+        }
+        if self.tx_wrote {
+            self.capture_write_position().await;
+            self.flush_client().await.ok();
+        }
+        self.held = None;
         if let Some(conn) = self.server.take() {
+            self.account(&conn);
             self.clear_cancel();
             let pool = conn.pool.clone();
             pool.put(conn);
         }
+    }
+
+    /// Add this checkout's counters to the pool's statistics.
+    fn account(&mut self, conn: &PooledConn) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &conn.pool.stats;
+        st.xact_count.fetch_add(1, Relaxed);
+        st.query_count.fetch_add(self.queries.max(1), Relaxed);
+        st.bytes_received.fetch_add(self.bytes_in, Relaxed);
+        st.bytes_sent.fetch_add(self.bytes_out, Relaxed);
+        if let Some(t) = self.checkout_at.take() {
+            let us = t.elapsed().as_micros() as u64;
+            st.xact_time_us.fetch_add(us, Relaxed);
+            st.query_time_us.fetch_add(us, Relaxed);
+            crate::metrics::observe_transaction(&self.ctx.database.name, us);
+        }
+        self.queries = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.ctx
+            .info
+            .state
+            .store(CLIENT_IDLE, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn clear_cancel(&self) {
@@ -351,6 +542,7 @@ impl Session {
             // Otherwise dropped: closing the server rolls back whatever the client left open.
         }
         self.app.unregister_cancel(self.ctx.cancel_key);
+        self.app.unregister_client(self.ctx.info.id);
         tracing::debug!(user = %self.ctx.user.name, database = %self.ctx.database.name, "client session ended");
         let _ = self.client.shutdown().await;
     }

@@ -188,9 +188,11 @@ impl Pgvane {
     }
 
     /// Sends `sig` (e.g. `libc::SIGHUP`, `libc::SIGTERM`) to this child only.
-    /// Panics if the child has already been reaped (its pid could be reused).
-    pub fn signal(&mut self, sig: i32) {
-        if let Some(st) = self.try_wait() {
+    /// Safe against pid reuse: until we reap the child (try_wait/wait_exit/kill
+    /// observed its exit) its pid stays reserved, even as a zombie. Panics if
+    /// it has already been reaped.
+    pub fn signal(&self, sig: i32) {
+        if let Some(st) = self.status {
             panic!(
                 "signal {sig}: pgvane already exited ({st})\n--- pgvane log ---\n{}",
                 self.log()

@@ -85,7 +85,7 @@ pub fn pg_bin_dir() -> &'static Path {
                     continue;
                 };
                 let bin = e.path().join("bin");
-                if has_server_bins(&bin) && best.as_ref().map_or(true, |(v, _)| ver > *v) {
+                if has_server_bins(&bin) && best.as_ref().is_none_or(|(v, _)| ver > *v) {
                     best = Some((ver, bin));
                 }
             }

@@ -1,0 +1,363 @@
+//! Running one client statement on several shards at once and merging the answers.
+//!
+//! Owns: checking out one server per target shard, sending the statement to all of them
+//! concurrently, wrapping multi-shard writes in a transaction on every shard (committed only
+//! when every shard succeeded, rolled back everywhere otherwise), and merging the responses
+//! into what one server would have said: one RowDescription, every DataRow, one
+//! CommandComplete with the summed row count, one ReadyForQuery.
+//!
+//! Must not: route (the plan comes from `route`), or keep servers after the statement.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::session::{End, Session};
+use crate::params;
+use crate::pool::PooledConn;
+use crate::protocol;
+use crate::sharding::plan::ShardSet;
+
+/// Statements PostgreSQL refuses inside a transaction block: broadcast without a wrapper.
+fn needs_autocommit(sql: &str) -> bool {
+    let s = params::skip_ws_comments(sql).to_ascii_lowercase();
+    [
+        "vacuum",
+        "create database",
+        "drop database",
+        "reindex",
+        "cluster",
+        "alter system",
+        "create tablespace",
+        "drop tablespace",
+    ]
+    .iter()
+    .any(|p| s.starts_with(p))
+        || s.contains("concurrently")
+}
+
+/// Merge per-shard response streams (each without its final ReadyForQuery) into `out`.
+/// Returns Err(message) when the shards disagree on the shape of the result; Ok(true) when a
+/// shard reported an error (forwarded once), Ok(false) on success.
+pub fn merge_responses(streams: &[Vec<Bytes>], out: &mut BytesMut) -> Result<bool, String> {
+    if let Some(err) = streams.iter().flat_map(|s| s.iter()).find(|f| f[0] == b'E') {
+        out.extend_from_slice(err);
+        return Ok(true);
+    }
+    // Chunks: the DataRows before each non-DataRow message, and that message.
+    type Chunk<'a> = (Vec<&'a Bytes>, &'a Bytes);
+    let chunked: Vec<Vec<Chunk>> = streams
+        .iter()
+        .map(|s| {
+            let mut chunks = Vec::new();
+            let mut rows = Vec::new();
+            for f in s {
+                match f[0] {
+                    b'D' => rows.push(f),
+                    b'N' | b'S' | b'A' => {}
+                    _ => chunks.push((std::mem::take(&mut rows), f)),
+                }
+            }
+            chunks
+        })
+        .collect();
+    let Some(first) = chunked.first() else {
+        return Ok(false);
+    };
+    if chunked.iter().any(|c| c.len() != first.len()) {
+        return Err("shards returned results of different shapes".into());
+    }
+    for j in 0..first.len() {
+        for c in &chunked {
+            for r in &c[j].0 {
+                out.extend_from_slice(r);
+            }
+        }
+        let term = first[j].1;
+        match term[0] {
+            b'T' => {
+                if chunked.iter().any(|c| c[j].1 != term) {
+                    return Err("shards returned different row descriptions".into());
+                }
+                out.extend_from_slice(term);
+            }
+            b'C' => {
+                let tags: Vec<&[u8]> = chunked
+                    .iter()
+                    .map(|c| protocol::command_tag(c[j].1))
+                    .collect();
+                protocol::command_complete(out, &merge_tags(&tags));
+            }
+            _ => out.extend_from_slice(term),
+        }
+    }
+    Ok(false)
+}
+
+/// "SELECT 3" + "SELECT 4" = "SELECT 7"; "INSERT 0 2" + "INSERT 0 1" = "INSERT 0 3".
+pub fn merge_tags(tags: &[&[u8]]) -> String {
+    let first = String::from_utf8_lossy(tags.first().copied().unwrap_or_default()).into_owned();
+    let Some((prefix, _)) = first.rsplit_once(' ') else {
+        return first;
+    };
+    let counted = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "FETCH", "MOVE",
+    ];
+    if !counted
+        .iter()
+        .any(|c| prefix == *c || prefix.starts_with(&format!("{c} ")))
+    {
+        return first;
+    }
+    let mut total: u64 = 0;
+    for t in tags {
+        let t = String::from_utf8_lossy(t);
+        match t
+            .rsplit_once(' ')
+            .and_then(|(p, n)| (p == prefix).then(|| n.parse::<u64>().ok()).flatten())
+        {
+            Some(n) => total += n,
+            None => return first,
+        }
+    }
+    format!("{prefix} {total}")
+}
+
+/// Read frames until `zs` ReadyForQuery messages have arrived; returns the frames.
+async fn read_until_ready(
+    conn: &mut PooledConn,
+    zs: usize,
+) -> Result<Vec<Bytes>, crate::server::ServerError> {
+    let mut frames = Vec::new();
+    let mut seen = 0;
+    while seen < zs {
+        let f = conn.read_frame().await?;
+        if f[0] == b'Z' {
+            seen += 1;
+            if f.len() < 6 || f[5] != b'I' && seen == zs {
+                // still inside a transaction: expected only for wrapped writes
+            }
+        }
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
+impl Session {
+    /// Run a simple Query on `shards` (optionally a different SQL text per shard).
+    pub(super) async fn fanout_query(
+        &mut self,
+        frame: Bytes,
+        shards: ShardSet,
+        write: bool,
+        split: Option<Vec<(u32, String)>>,
+    ) -> Result<(), End> {
+        let db = self.ctx.db.clone();
+        let in_tx = self.server.is_some() || self.deferred_begin.is_some();
+        let status = if in_tx { self.tx_status } else { b'I' };
+        if write && in_tx {
+            protocol::error_response(
+                &mut self.cout,
+                "ERROR",
+                "0A000",
+                "a write transaction cannot touch more than one shard (two-phase commit across shards is not supported yet)",
+            );
+            protocol::ready_for_query(&mut self.cout, status);
+            return Ok(());
+        }
+        db.stats
+            .fanout
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sql = protocol::query_text(&frame)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let wrap = write && !needs_autocommit(&sql);
+        let mut conns: Vec<(u32, PooledConn)> = Vec::new();
+        for s in shards.iter() {
+            let pool = self.ctx.pools.shards[s as usize].primary.clone();
+            match pool.get().await {
+                Ok(mut c) => {
+                    if let Some(q) = params::sync_sql(&self.effective, &c.params) {
+                        if !matches!(c.run_internal(&q).await, Ok(None)) || c.broken {
+                            protocol::error_response(
+                                &mut self.cout,
+                                "ERROR",
+                                "08006",
+                                &format!("shard {s}: applying session settings failed"),
+                            );
+                            protocol::ready_for_query(&mut self.cout, status);
+                            return Ok(());
+                        }
+                        c.params = self.effective.clone();
+                    }
+                    conns.push((s, c));
+                }
+                Err(e) => {
+                    let (code, msg) = e.sqlstate();
+                    protocol::error_response(
+                        &mut self.cout,
+                        "ERROR",
+                        code,
+                        &format!("shard {s}: {msg}"),
+                    );
+                    protocol::ready_for_query(&mut self.cout, status);
+                    for (_, c) in conns {
+                        let p = c.pool.clone();
+                        p.put(c);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let mut payloads = Vec::with_capacity(conns.len());
+        for (s, _) in &conns {
+            let mut out = BytesMut::new();
+            if wrap {
+                protocol::query(&mut out, "BEGIN");
+            }
+            match split
+                .as_ref()
+                .and_then(|parts| parts.iter().find(|(p, _)| p == s))
+            {
+                Some((_, q)) => protocol::query(&mut out, q),
+                None => out.extend_from_slice(&frame),
+            }
+            payloads.push(out);
+        }
+        let zs = if wrap { 2 } else { 1 };
+        let results = futures_util::future::join_all(conns.iter_mut().zip(payloads.iter()).map(
+            |((_, c), p)| async move {
+                c.stream
+                    .write_all(p)
+                    .await
+                    .map_err(crate::server::ServerError::Io)?;
+                read_until_ready(c, zs).await
+            },
+        ))
+        .await;
+        let mut streams = Vec::with_capacity(results.len());
+        let mut failed = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(mut frames) => {
+                    frames.pop(); // the final ReadyForQuery
+                    if wrap {
+                        // Drop the BEGIN's CommandComplete and ReadyForQuery.
+                        if let Some(z) = frames.iter().position(|f| f[0] == b'Z') {
+                            frames.drain(..=z);
+                        }
+                    }
+                    streams.push(frames);
+                }
+                Err(e) => {
+                    conns[i].1.broken = true;
+                    failed.get_or_insert_with(|| format!("shard {}: {e}", conns[i].0));
+                }
+            }
+        }
+        let mut ok = failed.is_none();
+        if let Some(msg) = &failed {
+            protocol::error_response(&mut self.cout, "ERROR", "08006", msg);
+        } else {
+            let mut merged = BytesMut::new();
+            match merge_responses(&streams, &mut merged) {
+                Ok(false) => self.cout.extend_from_slice(&merged),
+                Ok(true) => {
+                    ok = false;
+                    self.cout.extend_from_slice(&merged);
+                }
+                Err(msg) => {
+                    ok = false;
+                    protocol::error_response(&mut self.cout, "ERROR", "XX000", &msg);
+                }
+            }
+        }
+        if wrap {
+            let end = if ok { "COMMIT" } else { "ROLLBACK" };
+            for (s, c) in conns.iter_mut() {
+                if c.broken {
+                    continue;
+                }
+                match c.run_internal(end).await {
+                    Ok(None) => {}
+                    Ok(Some(e)) => {
+                        tracing::error!(shard = *s, code = %e.code, msg = %e.message, "{end} failed on a shard");
+                        c.broken = true;
+                    }
+                    Err(_) => c.broken = true,
+                }
+            }
+        }
+        if write && ok {
+            self.tx_wrote = true;
+        }
+        for (_, c) in conns {
+            let clean = !c.broken;
+            let p = c.pool.clone();
+            if clean {
+                p.put(c);
+            }
+        }
+        protocol::ready_for_query(&mut self.cout, status);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(f: impl FnOnce(&mut BytesMut)) -> Bytes {
+        let mut b = BytesMut::new();
+        f(&mut b);
+        b.freeze()
+    }
+
+    #[test]
+    fn tags_sum() {
+        assert_eq!(merge_tags(&[b"SELECT 3", b"SELECT 4"]), "SELECT 7");
+        assert_eq!(merge_tags(&[b"INSERT 0 2", b"INSERT 0 1"]), "INSERT 0 3");
+        assert_eq!(
+            merge_tags(&[b"CREATE TABLE", b"CREATE TABLE"]),
+            "CREATE TABLE"
+        );
+        assert_eq!(merge_tags(&[b"UPDATE 1", b"UPDATE 0"]), "UPDATE 1");
+    }
+
+    #[test]
+    fn merges_rows_and_counts() {
+        let t = msg(|b| protocol::row_description(b, &["x"]));
+        let d = |v: &'static str| msg(|b| protocol::data_row(b, &[Some(v)]));
+        let c = |n: u32| msg(|b| protocol::command_complete(b, &format!("SELECT {n}")));
+        let s0 = vec![t.clone(), d("a"), d("b"), c(2)];
+        let s1 = vec![t.clone(), d("c"), c(1)];
+        let mut out = BytesMut::new();
+        assert_eq!(merge_responses(&[s0, s1], &mut out), Ok(false));
+        let mut expect = BytesMut::new();
+        expect.extend_from_slice(&t);
+        for v in ["a", "b", "c"] {
+            expect.extend_from_slice(&d(v));
+        }
+        protocol::command_complete(&mut expect, "SELECT 3");
+        assert_eq!(out, expect);
+    }
+
+    #[test]
+    fn errors_and_mismatches() {
+        let t1 = msg(|b| protocol::row_description(b, &["x"]));
+        let t2 = msg(|b| protocol::row_description(b, &["y"]));
+        let c = msg(|b| protocol::command_complete(b, "SELECT 0"));
+        let mut out = BytesMut::new();
+        assert!(merge_responses(
+            &[vec![t1.clone(), c.clone()], vec![t2, c.clone()]],
+            &mut out
+        )
+        .is_err());
+        let e = msg(|b| protocol::error_response(b, "ERROR", "23505", "dup"));
+        let mut out = BytesMut::new();
+        assert_eq!(
+            merge_responses(&[vec![t1, c], vec![e.clone()]], &mut out),
+            Ok(true)
+        );
+        assert_eq!(&out[..], &e[..]);
+    }
+}

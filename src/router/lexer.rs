@@ -1,0 +1,273 @@
+//! The PostgreSQL lexer shared by the router's normalizer and keyword fallback.
+//!
+//! Owns: splitting SQL text into tokens with PostgreSQL's lexical rules: `'...'` strings
+//! with `''` escapes, `E'...'` with backslash escapes, `$tag$...$tag$` dollar quoting,
+//! numbers (`42`, `1.5e3`, `.5`, `0x1F`, `1_000`), `B'0101'` / `X'1F'` bit strings,
+//! `U&'...'` / `N'...'` strings, `"quoted identifiers"`, `$n` parameters, `--` and nested
+//! `/* */` comments. Must not: allocate, interpret grammar, or panic; unterminated strings
+//! and comments run to the end of the input.
+
+use std::ops::Range;
+
+/// Kinds of string literal the lexer distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StrKind {
+    /// `'...'`
+    Plain,
+    /// `E'...'`
+    Escape,
+    /// `$tag$...$tag$`
+    Dollar,
+    /// `B'...'` or `X'...'`
+    Bits,
+    /// `U&'...'`, `N'...'`: kept verbatim in the key.
+    Opaque,
+}
+
+/// One lexical token (byte range in the input is returned alongside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tok {
+    Word,
+    QuotedIdent,
+    Str(StrKind),
+    Num,
+    Param,
+    /// One punctuation/operator byte, or `::`.
+    Op,
+    Space,
+    Comment,
+}
+
+/// PostgreSQL lexer over bytes; ranges always fall on UTF-8 boundaries because every
+/// non-ASCII byte belongs to a word, string, quoted identifier or comment.
+pub(super) struct Lexer<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT: u8 = 4;
+
+/// Byte classes: PostgreSQL whitespace (plus NUL), identifier start (`A-Za-z_` and every
+/// non-ASCII byte) and identifier continuation (also digits and `$`).
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0) {
+            t[b] = SPACE;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            t[b] = IDENT_START | IDENT;
+        } else if c.is_ascii_digit() || c == b'$' {
+            t[b] = IDENT;
+        }
+        b += 1;
+    }
+    t
+};
+
+fn is_ident_start(b: u8) -> bool {
+    CLASS[b as usize] & IDENT_START != 0
+}
+
+pub(super) fn is_ident_char(b: u8) -> bool {
+    CLASS[b as usize] & IDENT != 0
+}
+
+fn is_space(b: u8) -> bool {
+    CLASS[b as usize] & SPACE != 0
+}
+
+impl<'a> Lexer<'a> {
+    pub(super) fn new(sql: &'a str) -> Self {
+        Lexer {
+            s: sql.as_bytes(),
+            pos: 0,
+        }
+    }
+
+    fn at(&self, i: usize) -> u8 {
+        self.s.get(i).copied().unwrap_or(0)
+    }
+
+    /// Skip a quoted run starting at the opening quote `q`; doubled quotes escape.
+    /// With `backslash`, `\x` escapes any byte. Unterminated runs end at the input end.
+    fn skip_quoted(&mut self, q: u8, backslash: bool) {
+        let mut i = self.pos + 1;
+        while i < self.s.len() {
+            let b = self.s[i];
+            if backslash && b == b'\\' {
+                i += 2;
+            } else if b == q {
+                if self.at(i + 1) == q {
+                    i += 2;
+                } else {
+                    self.pos = i + 1;
+                    return;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.pos = self.s.len();
+    }
+
+    /// At `$`: a dollar-quoted string if a `$tag$` opener is here.
+    fn try_dollar(&mut self) -> bool {
+        let start = self.pos;
+        let mut i = start + 1;
+        if i < self.s.len() && is_ident_start(self.s[i]) {
+            i += 1;
+            while i < self.s.len() && (is_ident_char(self.s[i]) && self.s[i] != b'$') {
+                i += 1;
+            }
+        }
+        if self.at(i) != b'$' || i >= self.s.len() {
+            return false;
+        }
+        let tag = &self.s[start..=i];
+        let body = i + 1;
+        let mut j = body;
+        while j + tag.len() <= self.s.len() {
+            if self.s[j] == b'$' && &self.s[j..j + tag.len()] == tag {
+                self.pos = j + tag.len();
+                return true;
+            }
+            j += 1;
+        }
+        self.pos = self.s.len();
+        true
+    }
+
+    fn skip_digits(&mut self, radix_ok: fn(u8) -> bool) {
+        while self.pos < self.s.len() {
+            let b = self.s[self.pos];
+            if radix_ok(b) || (b == b'_' && radix_ok(self.at(self.pos + 1))) {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn number(&mut self) {
+        let b1 = self.at(self.pos + 1);
+        if self.at(self.pos) == b'0' && matches!(b1 | 0x20, b'x' | b'o' | b'b') {
+            let ok: fn(u8) -> bool = match b1 | 0x20 {
+                b'x' => |b: u8| b.is_ascii_hexdigit(),
+                b'o' => |b: u8| (b'0'..=b'7').contains(&b),
+                _ => |b: u8| b == b'0' || b == b'1',
+            };
+            if ok(self.at(self.pos + 2)) {
+                self.pos += 2;
+                self.skip_digits(ok);
+                return;
+            }
+        }
+        let dec: fn(u8) -> bool = |b: u8| b.is_ascii_digit();
+        self.skip_digits(dec);
+        if self.at(self.pos) == b'.' && self.at(self.pos + 1) != b'.' {
+            self.pos += 1;
+            self.skip_digits(dec);
+        }
+        if self.at(self.pos) | 0x20 == b'e' {
+            let mut i = self.pos + 1;
+            if matches!(self.at(i), b'+' | b'-') {
+                i += 1;
+            }
+            if self.at(i).is_ascii_digit() {
+                self.pos = i;
+                self.skip_digits(dec);
+            }
+        }
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = (Tok, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let start = self.pos;
+        let b = *self.s.get(start)?;
+        let b1 = self.at(start + 1);
+        let tok = if is_space(b) {
+            while self.pos < self.s.len() && is_space(self.s[self.pos]) {
+                self.pos += 1;
+            }
+            Tok::Space
+        } else if b == b'-' && b1 == b'-' {
+            while self.pos < self.s.len() && !matches!(self.s[self.pos], b'\n' | b'\r') {
+                self.pos += 1;
+            }
+            Tok::Comment
+        } else if b == b'/' && b1 == b'*' {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < self.s.len() {
+                if self.s[i] == b'/' && self.at(i + 1) == b'*' {
+                    depth += 1;
+                    i += 2;
+                } else if self.s[i] == b'*' && self.at(i + 1) == b'/' {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            self.pos = i.min(self.s.len());
+            Tok::Comment
+        } else if b == b'\'' {
+            self.skip_quoted(b'\'', false);
+            Tok::Str(StrKind::Plain)
+        } else if b == b'"' {
+            self.skip_quoted(b'"', false);
+            Tok::QuotedIdent
+        } else if b1 == b'\'' && matches!(b | 0x20, b'e' | b'b' | b'x' | b'n') {
+            self.pos += 1;
+            let kind = match b | 0x20 {
+                b'e' => StrKind::Escape,
+                b'n' => StrKind::Opaque,
+                _ => StrKind::Bits,
+            };
+            self.skip_quoted(b'\'', kind == StrKind::Escape);
+            Tok::Str(kind)
+        } else if b | 0x20 == b'u' && b1 == b'&' && matches!(self.at(start + 2), b'\'' | b'"') {
+            let q = self.at(start + 2);
+            self.pos += 2;
+            self.skip_quoted(q, false);
+            if q == b'"' {
+                Tok::QuotedIdent
+            } else {
+                Tok::Str(StrKind::Opaque)
+            }
+        } else if is_ident_start(b) {
+            while self.pos < self.s.len() && is_ident_char(self.s[self.pos]) {
+                self.pos += 1;
+            }
+            Tok::Word
+        } else if b.is_ascii_digit() || (b == b'.' && b1.is_ascii_digit()) {
+            self.number();
+            Tok::Num
+        } else if b == b'$' && b1.is_ascii_digit() {
+            self.pos += 1;
+            while self.pos < self.s.len() && self.s[self.pos].is_ascii_digit() {
+                self.pos += 1;
+            }
+            Tok::Param
+        } else if b == b'$' && self.try_dollar() {
+            Tok::Str(StrKind::Dollar)
+        } else {
+            self.pos += if b == b':' && b1 == b':' { 2 } else { 1 };
+            Tok::Op
+        };
+        if self.pos <= start {
+            self.pos = start + 1; // never loop forever
+        }
+        Some((tok, start..self.pos.min(self.s.len())))
+    }
+}
