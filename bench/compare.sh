@@ -29,8 +29,9 @@ CONN_ACTIVE="${CONN_ACTIVE:-1000}"      # how many of them then run SELECT 1 in 
 CONN_SECONDS="${CONN_SECONDS:-5}"       # how long the active phase lasts
 CONN_SYSTEMS="${CONN_SYSTEMS:-pgbouncer pgvane}"
 BUILD="${BUILD:-1}"                     # 1 = cargo build --release first; 0 = use existing binaries
-PGVANE_BIN="${PGVANE_BIN:-$ROOT/target/release/pgvane}"
-CONN_SCALE_BIN="${CONN_SCALE_BIN:-$ROOT/target/release/examples/conn_scale}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PGVANE_BIN="${PGVANE_BIN:-$TARGET_DIR/release/pgvane}"
+CONN_SCALE_BIN="${CONN_SCALE_BIN:-$TARGET_DIR/release/examples/conn_scale}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/bench/results}"
 KEEP_WORK="${KEEP_WORK:-0}"             # 1 = leave the temp dir (logs, configs) behind
 NOFILE="${NOFILE:-30000}"               # open-files limit wanted for the proxies and the tool

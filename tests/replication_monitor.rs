@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use ::pgvane::replication::*;
+use common::*;
 
 fn target(srv: &PgServer) -> MonitorTarget {
     MonitorTarget {

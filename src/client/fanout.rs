@@ -75,7 +75,7 @@ pub fn merge_responses(streams: &[Vec<Bytes>], out: &mut BytesMut) -> Result<boo
         let term = first[j].1;
         match term[0] {
             b'T' => {
-                if chunked.iter().any(|c| c[j].1 != term) {
+                if chunked.iter().any(|c| !same_columns(c[j].1, term)) {
                     return Err("shards returned different row descriptions".into());
                 }
                 out.extend_from_slice(term);
@@ -91,6 +91,29 @@ pub fn merge_responses(streams: &[Vec<Bytes>], out: &mut BytesMut) -> Result<boo
         }
     }
     Ok(false)
+}
+
+/// Two RowDescriptions describe the same columns: names, types, type modifiers and formats
+/// agree (table OIDs and column numbers differ between shards and do not matter).
+fn same_columns(a: &[u8], b: &[u8]) -> bool {
+    fn columns(f: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+        let mut body = f.get(5..)?;
+        let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+        body = &body[2..];
+        let mut out = Vec::with_capacity(n.max(0) as usize);
+        for _ in 0..n {
+            let name = protocol::read_cstr(&mut body).ok()?;
+            // table oid (4) + attnum (2), then type oid (4) typlen (2) typmod (4) format (2)
+            let rest = body.get(6..18)?;
+            out.push((name, rest));
+            body = body.get(18..)?;
+        }
+        Some(out)
+    }
+    match (columns(a), columns(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// "SELECT 3" + "SELECT 4" = "SELECT 7"; "INSERT 0 2" + "INSERT 0 1" = "INSERT 0 3".

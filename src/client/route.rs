@@ -265,7 +265,10 @@ impl Session {
             }
         }
         let mut shard = 0;
-        if db.sharded() {
+        if db.sharded() && std::mem::take(&mut self.describe_only) {
+            shard = (db.any_rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % db.shards.len())
+                as u32;
+        } else if db.sharded() {
             let (resolved, plan, cols) = match self
                 .shards_for(analysis, &hints, literals, params, param_types)
                 .await
@@ -622,7 +625,11 @@ impl Session {
             if a.write && self.held_primary() {
                 self.tx_wrote = true;
             }
-            if self.ctx.db.sharded() {
+            let touches_sharded = a
+                .tables
+                .iter()
+                .any(|x| self.ctx.db.sharded_tables.iter().any(|st| st.matches(x)));
+            if self.ctx.db.sharded() && touches_sharded {
                 if let Some(t) = self.held.clone() {
                     let plan = self.plan(&info.sql, a, &info.literals, &[], &[]).await;
                     if let Plan::Single(p) = &plan {
@@ -782,6 +789,8 @@ impl Session {
             Some(Ok(b)) => protocol::bind_params(b.rest).unwrap_or_default(),
             _ => Vec::new(),
         };
+        // A batch that only prepares/describes (no Bind) runs nothing: any shard will do.
+        self.describe_only = bind.is_none() && tag != b'B';
         match self
             .plan(
                 &info.sql,

@@ -118,6 +118,8 @@ pub struct Session {
     pub(super) bytes_out: u64,
     /// Extended-protocol messages were sent since the last Sync.
     pub(super) batch_open: bool,
+    /// The batch being routed only prepares or describes a statement.
+    pub(super) describe_only: bool,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -162,6 +164,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         bytes_in: 0,
         bytes_out: 0,
         batch_open: false,
+        describe_only: false,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
