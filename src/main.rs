@@ -151,6 +151,7 @@ fn run(cli: &Cli) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        app.admin.set_listening();
         tracing::info!(%listen, "pgvane listening");
         let signals = app.clone();
         tokio::spawn(async move {

@@ -440,24 +440,21 @@ async fn auth_methods_and_failure_codes() {
             assert_eq!(who, user);
         }
         let bad = format!("host=127.0.0.1 port={port} user=app password=wrong dbname=app");
-        let e = try_connect(&bad)
-            .await
-            .err()
-            .expect("wrong password must fail");
+        let Err(e) = try_connect(&bad).await else {
+            panic!("wrong password must fail")
+        };
         assert_eq!(code(&e), "28P01", "{auth}: {e}");
         let unknown = format!("host=127.0.0.1 port={port} user=nosuch password=x dbname=app");
-        let e = try_connect(&unknown)
-            .await
-            .err()
-            .expect("unknown user must fail");
+        let Err(e) = try_connect(&unknown).await else {
+            panic!("unknown user must fail")
+        };
         assert_eq!(code(&e), "28000", "{auth}: {e}");
         assert!(!msg(&e).contains("md5user"), "no other user leaks: {e}");
         let nodb =
             format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=nosuchdb");
-        let e = try_connect(&nodb)
-            .await
-            .err()
-            .expect("unknown db must fail");
+        let Err(e) = try_connect(&nodb).await else {
+            panic!("unknown db must fail")
+        };
         assert_eq!(code(&e), "3D000", "{auth}: {e}");
     }
     // trust: no password asked; the backend trusts trustuser.
@@ -481,10 +478,9 @@ async fn max_client_conn_is_enforced() {
     let p = start("max_client_conn = 2");
     let a = connect(&url(&p, "app")).await;
     let b = connect(&url(&p, "app")).await;
-    let e = try_connect(&url(&p, "app"))
-        .await
-        .err()
-        .expect("third client must be refused");
+    let Err(e) = try_connect(&url(&p, "app")).await else {
+        panic!("third client must be refused")
+    };
     assert_eq!(code(&e), "53300");
     assert!(msg(&e).contains("too many clients"), "{e}");
     drop(a);

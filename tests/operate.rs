@@ -247,6 +247,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("pgvane_pool_wait_time_seconds_total", "counter"),
     ("pgvane_server_assignments_total", "counter"),
     ("pgvane_routed_total", "counter"),
+    ("pgvane_errors_total", "counter"),
     ("pgvane_backend_up", "gauge"),
     ("pgvane_replica_lag_bytes", "gauge"),
     ("pgvane_replica_lag_seconds", "gauge"),
@@ -328,13 +329,23 @@ async fn metrics_endpoint_and_health() {
         .iter()
         .filter(|(family, t)| {
             types.get(*family).map(String::as_str) != Some(*t)
-                || !s0.iter().any(|s| family_of(&s.name, &types).as_deref() == Some(*family))
+                || !s0
+                    .iter()
+                    .any(|s| family_of(&s.name, &types).as_deref() == Some(*family))
         })
         .map(|(f, _)| *f)
         .collect();
     assert!(
         missing.is_empty(),
         "families missing, mistyped or without samples: {missing:?}\n{before}"
+    );
+    assert!(
+        sum(
+            &s0,
+            "pgvane_errors_total",
+            &[("database", "app"), ("class", "42")]
+        ) >= 1.0,
+        "errors by SQLSTATE class"
     );
     assert_eq!(
         sum(

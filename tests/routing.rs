@@ -360,7 +360,24 @@ async fn replica_failure_and_primary_outage() {
     for _ in 0..4 {
         port_of(&cl, "SELECT inet_server_port()").await;
     }
+    // Reads running on a replica when it dies are retried on the primary, invisibly.
+    let u = url(&p);
+    let inflight: Vec<_> = (0..4)
+        .map(|_| {
+            let u = u.clone();
+            tokio::spawn(async move {
+                let cl = connect(&u).await;
+                cl.simple_query("SELECT pg_sleep(1.5), inet_server_port()")
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     c.replicas[0].kill_immediate();
+    for t in inflight {
+        let r = t.await.unwrap();
+        assert!(r.is_ok(), "in-flight read failed: {r:?}\n{}", p.log());
+    }
     let survivor = c.replicas[1].port() as i32;
     let primary = c.primary.port() as i32;
     for i in 0..30 {

@@ -20,6 +20,7 @@ pub mod stats;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -46,6 +47,7 @@ pub struct AdminState {
     config_path: Mutex<Option<PathBuf>>,
     paused: Mutex<HashSet<String>>,
     window: Mutex<stats::Window>,
+    listening: AtomicBool,
 }
 
 impl Default for AdminState {
@@ -55,6 +57,7 @@ impl Default for AdminState {
             config_path: Mutex::new(None),
             paused: Mutex::new(HashSet::new()),
             window: Mutex::new(stats::Window::default()),
+            listening: AtomicBool::new(false),
         }
     }
 }
@@ -95,6 +98,15 @@ impl AdminState {
 
     pub fn started_at(&self) -> SystemTime {
         self.started
+    }
+
+    /// The client listener is bound (set by main; `/readyz` is 503 before).
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 }
 

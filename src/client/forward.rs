@@ -364,6 +364,17 @@ impl Session {
             self.copy_in = false;
             return self.on_server_error(frame);
         }
+        if tag == b'T' {
+            if std::mem::take(&mut self.skip_row_description) {
+                // The retried read's RowDescription: the client already has it.
+                return Ok(());
+            }
+            if self.retry_frame.is_some() {
+                self.row_description_sent = true;
+            }
+        } else {
+            self.forwarded += 1;
+        }
         if tag == b'G' {
             // COPY FROM STDIN: Syncs the client pipelined after Execute are ignored by the
             // server until CopyDone/CopyFail, so they get no ReadyForQuery.
@@ -451,6 +462,7 @@ impl Session {
     }
 
     fn on_ready_for_query(&mut self, frame: Bytes) -> Result<(), End> {
+        self.retry_frame = None;
         let status = frame.get(5).copied().unwrap_or(b'I');
         if let Some(Pending::Query { set, ok }) = self.pending.front_mut() {
             if *ok {
@@ -508,6 +520,10 @@ impl Session {
     fn on_server_error(&mut self, frame: Bytes) -> Result<(), End> {
         let fields = protocol::parse_error(&frame);
         let fatal = fields.severity == "FATAL" || fields.severity == "PANIC";
+        if fatal && self.retry_read() {
+            return Ok(());
+        }
+        self.forwarded += 1;
         if !fatal && self.try_reprepare(&fields) {
             return Ok(());
         }

@@ -194,8 +194,8 @@ async fn login(
     protocol::auth_ok(out);
 
     if db_name == cfg.general.admin_database {
-        let admin = cfg.general.admin_users.iter().any(|u| *u == user.name);
-        let stats = cfg.general.stats_users.iter().any(|u| *u == user.name);
+        let admin = cfg.general.admin_users.contains(&user.name);
+        let stats = cfg.general.stats_users.contains(&user.name);
         if !admin && !stats {
             return Err(Reject(
                 "28000",

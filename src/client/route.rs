@@ -299,7 +299,20 @@ impl Session {
                     .last_write_at
                     .is_some_and(|t| t.elapsed() < db.routing.read_after_write_window),
         };
-        let (role, why) = choose_role(write, &reason, &hints, &ctx);
+        let (role, why) = if std::mem::take(&mut self.force_primary) {
+            (
+                Role::Primary,
+                "replica failed; read retried on the primary".to_string(),
+            )
+        } else {
+            choose_role(write, &reason, &hints, &ctx)
+        };
+        let statement_label = if reason.starts_with("volatile function") {
+            "volatile_function"
+        } else {
+            analysis.reason.label()
+        };
+        let mut label = reason_label(&why, statement_label);
         let target = match role {
             Role::Primary => Target {
                 shard,
@@ -317,15 +330,21 @@ impl Session {
                         replica: Some(i),
                         reason: why,
                     },
-                    (None, fallback) => Target {
-                        shard,
-                        role: Role::Primary,
-                        replica: None,
-                        reason: fallback,
-                    },
+                    (None, fallback) => {
+                        label = reason_label(&fallback, "no_healthy_replica");
+                        Target {
+                            shard,
+                            role: Role::Primary,
+                            replica: None,
+                            reason: fallback,
+                        }
+                    }
                 }
             }
         };
+        if db.split() {
+            db.stats.count_reason(label);
+        }
         Plan::Single(target)
     }
 
@@ -547,6 +566,28 @@ impl Session {
     }
 }
 
+/// A stable, low-cardinality label for a routing reason (for counters and metrics).
+pub fn reason_label(reason: &str, statement_label: &'static str) -> &'static str {
+    const PREFIXES: &[(&str, &str)] = &[
+        ("hint", "hint"),
+        ("session route", "session_route"),
+        ("read/write split off", "split_off"),
+        ("in a write transaction", "write_transaction"),
+        ("write in a read-only transaction", "write_transaction"),
+        ("read-only transaction", "read_only_transaction"),
+        ("read-your-writes: within", "read_your_writes_window"),
+        ("read-your-writes: replicas behind", "read_your_writes_lsn"),
+        ("no eligible replica", "no_healthy_replica"),
+        ("no replicas", "no_replicas"),
+        ("replica unavailable", "replica_unavailable"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(p, _)| reason.starts_with(p))
+        .map(|(_, l)| *l)
+        .unwrap_or(statement_label)
+}
+
 /// Literal values of a normalized statement, as text, in order.
 pub fn literal_texts(n: &router::Normalized) -> Vec<String> {
     n.literals
@@ -693,6 +734,11 @@ impl Session {
             Plan::Single(t) => {
                 if t.role == Role::Primary && (a.write || in_write_tx) {
                     self.tx_wrote = true;
+                }
+                if t.role == Role::Replica && self.deferred_begin.is_none() {
+                    self.retry_frame = Some(frame.clone());
+                    self.retry_mark = self.forwarded;
+                    self.row_description_sent = false;
                 }
                 if !self.ensure_server_for(Some(t)).await? {
                     protocol::ready_for_query(&mut self.cout, self.tx_status);

@@ -120,6 +120,17 @@ pub struct Session {
     pub(super) batch_open: bool,
     /// The batch being routed only prepares or describes a statement.
     pub(super) describe_only: bool,
+    /// A read sent to a replica outside a transaction, kept until its first answer so that
+    /// it can be retried once elsewhere if the replica fails before answering.
+    pub(super) retry_frame: Option<bytes::Bytes>,
+    /// Server messages forwarded to the client so far (to tell "nothing answered yet").
+    pub(super) forwarded: u64,
+    pub(super) retry_mark: u64,
+    /// Route the next statement to the primary (the retry of a failed replica read).
+    pub(super) force_primary: bool,
+    /// The RowDescription of the read being retried already reached the client.
+    pub(super) row_description_sent: bool,
+    pub(super) skip_row_description: bool,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -165,6 +176,12 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         bytes_out: 0,
         batch_open: false,
         describe_only: false,
+        retry_frame: None,
+        forwarded: 0,
+        retry_mark: 0,
+        force_primary: false,
+        row_description_sent: false,
+        skip_row_description: false,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
@@ -240,6 +257,49 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A replica failed before answering a read sent outside a transaction: count the failure
+    /// against it and run the read again on the primary, without the client noticing.
+    pub(super) fn retry_read(&mut self) -> bool {
+        let Some(frame) = self.retry_frame.take() else {
+            return false;
+        };
+        let on_replica = matches!(&self.held, Some(t) if t.role == Role::Replica);
+        let untouched = self.forwarded == self.retry_mark
+            && self.pending.len() == 1
+            && matches!(self.pending.front(), Some(Pending::Query { .. }));
+        if !on_replica || !untouched {
+            return false;
+        }
+        if let Some(t) = self.held.take() {
+            if let Some(b) = t.replica.and_then(|i| {
+                self.ctx
+                    .db
+                    .shards
+                    .get(t.shard as usize)?
+                    .state
+                    .replicas
+                    .get(i)
+                    .cloned()
+            }) {
+                b.record_failure(&self.ctx.db.repl);
+            }
+        }
+        self.ctx.db.stats.count_reason("replica_failed_retry");
+        if let Some(conn) = self.server.take() {
+            drop(conn);
+        }
+        self.clear_cancel();
+        self.pending.clear();
+        self.tx_status = b'I';
+        self.force_primary = true;
+        self.skip_row_description = std::mem::take(&mut self.row_description_sent);
+        let mut cin = BytesMut::with_capacity(frame.len() + self.cin.len());
+        cin.extend_from_slice(&frame);
+        cin.extend_from_slice(&self.cin);
+        self.cin = cin;
+        true
     }
 
     /// With routing on, a new statement outside a transaction may belong on another server:
@@ -488,6 +548,9 @@ impl Session {
     /// client. `announce` sends an error first (not needed when the server's own FATAL was
     /// already forwarded).
     pub(super) fn server_lost(&mut self, announce: bool) {
+        if self.retry_read() {
+            return;
+        }
         let Some(conn) = self.server.take() else {
             return;
         };

@@ -118,12 +118,15 @@ pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
     TextEncoder::new().encode_to_string(&registry.gather())
 }
 
-/// Ready when not shutting down and the primary of every shard of every database is
+/// Ready when listening for clients, not shutting down, and the primary of every shard of every database is
 /// reachable: by the replication monitor's last probe where one runs, else by a TCP connect
 /// with a short timeout. Returns the verdict and a line per primary.
 pub async fn readiness(app: &App) -> (bool, String) {
     if app.is_shutting_down() {
         return (false, "not ready: shutting down\n".into());
+    }
+    if !app.admin.is_listening() {
+        return (false, "not ready: not listening for clients yet\n".into());
     }
     let cfg = app.config();
     let runtimes = app.all_dbs();

@@ -88,6 +88,12 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// Advance past bytes matching `f`.
+    fn skip_while(&mut self, f: fn(u8) -> bool) {
+        let rest = self.s.get(self.pos..).unwrap_or(&[]);
+        self.pos += rest.iter().position(|&b| !f(b)).unwrap_or(rest.len());
+    }
+
     fn at(&self, i: usize) -> u8 {
         self.s.get(i).copied().unwrap_or(0)
     }
@@ -193,9 +199,7 @@ impl Iterator for Lexer<'_> {
         let b = *self.s.get(start)?;
         let b1 = self.at(start + 1);
         let tok = if is_space(b) {
-            while self.pos < self.s.len() && is_space(self.s[self.pos]) {
-                self.pos += 1;
-            }
+            self.skip_while(is_space);
             Tok::Space
         } else if b == b'-' && b1 == b'-' {
             while self.pos < self.s.len() && !matches!(self.s[self.pos], b'\n' | b'\r') {
@@ -246,9 +250,7 @@ impl Iterator for Lexer<'_> {
                 Tok::Str(StrKind::Opaque)
             }
         } else if is_ident_start(b) {
-            while self.pos < self.s.len() && is_ident_char(self.s[self.pos]) {
-                self.pos += 1;
-            }
+            self.skip_while(is_ident_char);
             Tok::Word
         } else if b.is_ascii_digit() || (b == b'.' && b1.is_ascii_digit()) {
             self.number();

@@ -127,7 +127,10 @@ pub fn normalize(sql: &str) -> Normalized {
     let mut key = String::with_capacity(sql.len() + 32);
     let mut literals: Vec<Literal> = Vec::new();
     let bytes = sql.as_bytes();
+    // Verbatim tokens separated by single spaces are copied as one run of the input.
+    let mut run = 0..0;
     let mut pending_space = false;
+    let mut simple_space = false; // the pending separator is exactly one ' '
     let mut after_placeholder = false;
     let mut prev_word: Option<Range<usize>> = None; // previous significant token, if a word
     let mut stmt_start = true;
@@ -137,19 +140,16 @@ pub fn normalize(sql: &str) -> Normalized {
 
     for (tok, r) in Lexer::new(sql) {
         if matches!(tok, Tok::Space | Tok::Comment) {
-            pending_space = !key.is_empty();
+            let started = !key.is_empty() || !run.is_empty();
+            simple_space = started
+                && !pending_space
+                && tok == Tok::Space
+                && r.len() == 1
+                && bytes.get(r.start) == Some(&b' ');
+            pending_space = started;
             continue;
         }
         let text = sql.get(r.clone()).unwrap_or("");
-        let first = bytes.get(r.start).copied().unwrap_or(b' ');
-        if pending_space {
-            key.push(' ');
-            pending_space = false;
-        } else if after_placeholder && is_ident_char(first) {
-            key.push(' ');
-        }
-        after_placeholder = false;
-
         let replace = match tok {
             Tok::Str(StrKind::Opaque) => false,
             Tok::Str(_) => {
@@ -162,19 +162,37 @@ pub fn normalize(sql: &str) -> Normalized {
             Tok::Num => !in_set && typmod_depth == 0,
             _ => false,
         };
-        if replace {
-            if key.as_bytes().last().is_some_and(|&b| is_ident_char(b)) {
+        let contiguous = !run.is_empty()
+            && if pending_space {
+                simple_space && run.end + 1 == r.start
+            } else {
+                run.end == r.start
+            };
+        if !replace && contiguous {
+            run.end = r.end;
+        } else {
+            key.push_str(sql.get(run.clone()).unwrap_or(""));
+            run = 0..0;
+            let first = bytes.get(r.start).copied().unwrap_or(b' ');
+            if pending_space || (after_placeholder && is_ident_char(first)) {
                 key.push(' ');
             }
-            push_placeholder(&mut key, LITERAL_PARAM_BASE + 1 + literals.len());
-            after_placeholder = true;
-            literals.push(Literal {
-                range: r.clone(),
-                value: literal_value(tok, text),
-            });
-        } else {
-            key.push_str(text);
+            if replace {
+                if key.as_bytes().last().is_some_and(|&b| is_ident_char(b)) {
+                    key.push(' ');
+                }
+                push_placeholder(&mut key, LITERAL_PARAM_BASE + 1 + literals.len());
+                literals.push(Literal {
+                    range: r.clone(),
+                    value: literal_value(tok, text),
+                });
+            } else {
+                run = r.clone();
+            }
         }
+        after_placeholder = replace;
+        pending_space = false;
+        simple_space = false;
 
         // State for the next token.
         let is_word = tok == Tok::Word;
@@ -229,6 +247,7 @@ pub fn normalize(sql: &str) -> Normalized {
             None
         };
     }
+    key.push_str(sql.get(run).unwrap_or(""));
     Normalized { key, literals }
 }
 
