@@ -204,6 +204,9 @@ impl App {
             return p.clone();
         }
         let p = Pool::new(key.clone(), pool_settings(cfg, user, db, &key));
+        if self.admin.is_paused(&db.name) {
+            p.pause();
+        }
         pools.insert(key, p.clone());
         p
     }

@@ -256,6 +256,7 @@ impl Pool {
         let waited = started.elapsed().as_micros() as u64;
         self.stats.wait_time_us.fetch_add(waited, Ordering::Relaxed);
         self.stats.max_wait_us.fetch_max(waited, Ordering::Relaxed);
+        crate::metrics::observe_wait(&self.key.database, waited);
         r
     }
 

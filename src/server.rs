@@ -77,19 +77,28 @@ pub struct ConnectParams {
 pub struct PreparedCache {
     entries: HashMap<u64, u64>,
     tick: u64,
+    /// Lookups since the counters were last taken (plain fields: no shared atomics per Bind).
+    hits: u64,
+    misses: u64,
 }
 
 impl PreparedCache {
     /// True if prepared; marks it used.
     pub fn touch(&mut self, id: u64) -> bool {
         self.tick += 1;
-        match self.entries.get_mut(&id) {
+        let hit = match self.entries.get_mut(&id) {
             Some(t) => {
                 *t = self.tick;
                 true
             }
             None => false,
+        };
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
         }
+        hit
     }
 
     /// Record `id` as prepared; returns the least recently used id to close if over `max`.
@@ -105,6 +114,7 @@ impl PreparedCache {
                 .map(|(k, _)| *k);
             if let Some(v) = victim {
                 self.entries.remove(&v);
+                crate::metrics::count_prepared_eviction();
                 return Some(v);
             }
         }
@@ -113,6 +123,14 @@ impl PreparedCache {
 
     pub fn remove(&mut self, id: u64) {
         self.entries.remove(&id);
+    }
+
+    /// (hits, misses) since the last call.
+    pub fn take_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.hits),
+            std::mem::take(&mut self.misses),
+        )
     }
 
     pub fn clear(&mut self) {

@@ -178,10 +178,7 @@ impl Session {
         let in_tx = self.server.is_some() || self.deferred_begin.is_some();
         let status = if in_tx { self.tx_status } else { b'I' };
         if write && in_tx {
-            protocol::error_response(
-                &mut self.cout,
-                "ERROR",
-                "0A000",
+            self.client_error("0A000",
                 "a write transaction cannot touch more than one shard (two-phase commit across shards is not supported yet)",
             );
             protocol::ready_for_query(&mut self.cout, status);
@@ -201,9 +198,7 @@ impl Session {
                 Ok(mut c) => {
                     if let Some(q) = params::sync_sql(&self.effective, &c.params) {
                         if !matches!(c.run_internal(&q).await, Ok(None)) || c.broken {
-                            protocol::error_response(
-                                &mut self.cout,
-                                "ERROR",
+                            self.client_error(
                                 "08006",
                                 &format!("shard {s}: applying session settings failed"),
                             );
@@ -216,12 +211,7 @@ impl Session {
                 }
                 Err(e) => {
                     let (code, msg) = e.sqlstate();
-                    protocol::error_response(
-                        &mut self.cout,
-                        "ERROR",
-                        code,
-                        &format!("shard {s}: {msg}"),
-                    );
+                    self.client_error(code, &format!("shard {s}: {msg}"));
                     protocol::ready_for_query(&mut self.cout, status);
                     for (_, c) in conns {
                         let p = c.pool.clone();
@@ -279,7 +269,7 @@ impl Session {
         }
         let mut ok = failed.is_none();
         if let Some(msg) = &failed {
-            protocol::error_response(&mut self.cout, "ERROR", "08006", msg);
+            self.client_error("08006", msg);
         } else {
             let mut merged = BytesMut::new();
             match merge_responses(&streams, &mut merged) {
@@ -290,7 +280,7 @@ impl Session {
                 }
                 Err(msg) => {
                     ok = false;
-                    protocol::error_response(&mut self.cout, "ERROR", "XX000", &msg);
+                    self.client_error("XX000", &msg);
                 }
             }
         }

@@ -502,9 +502,7 @@ impl Session {
             }
             self.server = None;
             self.tx_status = b'I';
-            protocol::error_response(
-                &mut self.cout,
-                "ERROR",
+            self.client_error(
                 "0A000",
                 "transaction blocks are not allowed in statement pooling mode",
             );
@@ -524,6 +522,7 @@ impl Session {
             return Ok(());
         }
         self.forwarded += 1;
+        crate::metrics::count_error(&self.ctx.database.name, &fields.code);
         if !fatal && self.try_reprepare(&fields) {
             return Ok(());
         }

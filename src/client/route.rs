@@ -390,7 +390,7 @@ impl Session {
         let cmd = match cmd {
             Ok(c) => c,
             Err(msg) => {
-                protocol::error_response(&mut self.cout, "ERROR", "22023", &msg);
+                self.client_error("22023", &msg);
                 return;
             }
         };
@@ -405,9 +405,7 @@ impl Session {
                     self.min_lsn = l;
                     protocol::command_complete(&mut self.cout, "SET");
                 }
-                None => protocol::error_response(
-                    &mut self.cout,
-                    "ERROR",
+                None => self.client_error(
                     "22023",
                     &format!("invalid LSN {s:?}: expected the form 16/B374D848"),
                 ),
@@ -419,9 +417,7 @@ impl Session {
             PgvaneCommand::SetShard(s) => {
                 let n = self.ctx.db.shards.len() as u32;
                 if s >= n {
-                    protocol::error_response(
-                        &mut self.cout,
-                        "ERROR",
+                    self.client_error(
                         "22023",
                         &format!("shard {s} does not exist (this database has {n} shards)"),
                     );
@@ -453,9 +449,7 @@ impl Session {
                     "sharding_key" => self.session_sharding_key.clone().unwrap_or_default(),
                     "min_lsn" => replication::format_lsn(self.min_lsn),
                     _ => {
-                        protocol::error_response(
-                            &mut self.cout,
-                            "ERROR",
+                        self.client_error(
                             "42704",
                             &format!("unrecognized configuration parameter \"{name}\""),
                         );
@@ -756,7 +750,7 @@ impl Session {
                 Ok(false)
             }
             Plan::Reject(code, msg) => {
-                protocol::error_response(&mut self.cout, "ERROR", code, &msg);
+                self.client_error(code, &msg);
                 if self.deferred_begin.is_some() {
                     self.tx_status = b'E';
                 }
@@ -772,7 +766,7 @@ impl Session {
         } else {
             "this transaction is bound to one shard; the statement needs another"
         };
-        protocol::error_response(&mut self.cout, "ERROR", "0A000", msg);
+        self.client_error("0A000", msg);
         protocol::ready_for_query(&mut self.cout, self.tx_status);
         Ok(false)
     }
@@ -854,16 +848,13 @@ impl Session {
                 self.ensure_server_for(Some(t)).await
             }
             Plan::Multi { .. } => {
-                protocol::error_response(
-                    &mut self.cout,
-                    "ERROR",
-                    "0A000",
+                self.client_error("0A000",
                     "this statement spans several shards: pgvane fans out only simple-protocol queries; use a sharding key, a /* pgvane: shard=N */ hint, or the simple query protocol",
                 );
                 Ok(false)
             }
             Plan::Reject(code, msg) => {
-                protocol::error_response(&mut self.cout, "ERROR", code, &msg);
+                self.client_error(code, &msg);
                 Ok(false)
             }
         }

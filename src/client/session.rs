@@ -259,6 +259,12 @@ impl Session {
         }
     }
 
+    /// Queue an ERROR of pgvane's own for the client (and count it).
+    pub(super) fn client_error(&mut self, code: &str, message: &str) {
+        crate::metrics::count_error(&self.ctx.database.name, code);
+        protocol::error_response(&mut self.cout, "ERROR", code, message);
+    }
+
     /// A replica failed before answering a read sent outside a transaction: count the failure
     /// against it and run the read again on the primary, without the client noticing.
     pub(super) fn retry_read(&mut self) -> bool {
@@ -422,7 +428,7 @@ impl Session {
                     }
                     let (code, msg) = e.sqlstate();
                     tracing::debug!(%msg, "checkout failed");
-                    protocol::error_response(&mut self.cout, "ERROR", code, &msg);
+                    self.client_error(code, &msg);
                     return Ok(false);
                 }
             }
@@ -435,9 +441,7 @@ impl Session {
                     conn.params = self.effective.clone();
                 }
                 _ => {
-                    protocol::error_response(
-                        &mut self.cout,
-                        "ERROR",
+                    self.client_error(
                         "08006",
                         "server connection failed while applying session settings",
                     );
@@ -507,8 +511,8 @@ impl Session {
             self.flush_client().await.ok();
         }
         self.held = None;
-        if let Some(conn) = self.server.take() {
-            self.account(&conn);
+        if let Some(mut conn) = self.server.take() {
+            self.account(&mut conn);
             self.clear_cancel();
             let pool = conn.pool.clone();
             pool.put(conn);
@@ -516,7 +520,9 @@ impl Session {
     }
 
     /// Add this checkout's counters to the pool's statistics.
-    fn account(&mut self, conn: &PooledConn) {
+    fn account(&mut self, conn: &mut PooledConn) {
+        let (hits, misses) = conn.prepared.take_counts();
+        crate::metrics::count_prepared_n(hits, misses);
         use std::sync::atomic::Ordering::Relaxed;
         let st = &conn.pool.stats;
         st.xact_count.fetch_add(1, Relaxed);
@@ -558,9 +564,7 @@ impl Session {
         drop(conn);
         let had_work = !self.pending.is_empty() || self.tx_status != b'I';
         if had_work && announce {
-            protocol::error_response(
-                &mut self.cout,
-                "ERROR",
+            self.client_error(
                 "08006",
                 "server connection lost; the current transaction was rolled back",
             );

@@ -204,6 +204,16 @@ pub fn count_prepared(hit: bool) {
     }
 }
 
+/// Batched form of [`count_prepared`], for sessions that count locally.
+pub fn count_prepared_n(hits: u64, misses: u64) {
+    if hits > 0 {
+        PREPARED_HITS.fetch_add(hits, Ordering::Relaxed);
+    }
+    if misses > 0 {
+        PREPARED_MISSES.fetch_add(misses, Ordering::Relaxed);
+    }
+}
+
 /// A server connection's prepared-statement LRU evicted a statement.
 pub fn count_prepared_eviction() {
     PREPARED_EVICTIONS.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! Statement analysis for read/write routing: pure functions from SQL text to a verdict.
 //!
-//! Owns: normalization (`normalize`), classification (`classify`), routing hints in
-//! comments (`hints`), the analysis cache (`cache`), the function-volatility catalog
+//! Owns: the lexer (`lexer`), normalization (`normalize`), classification (`classify`,
+//! with its AST walk in `scan` and the keyword-level fallback in `fallback`), routing hints
+//! in comments (`hints`), the analysis cache (`cache`), the function-volatility catalog
 //! (`functions`, the only part that does I/O, through a client the caller passes in), and
 //! recognition of the commands pgvane answers itself ([`pgvane_command`]).
 //! Must not: touch sockets, pools or session state; the session decides what to do with

@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::lexer::{is_ident_char, Lexer, StrKind, Tok};
+use super::lexer::{is_ident_char, literal_value, Lexer, StrKind, Tok};
 
 /// Placeholders for literals are numbered from `LITERAL_PARAM_BASE + 1`.
 pub const LITERAL_PARAM_BASE: usize = 10000;
@@ -94,21 +94,10 @@ fn next_is_paren(bytes: &[u8], i: usize) -> bool {
 /// Type names that take modifiers (`varchar(20)`, `numeric(10,2)`) even outside casts, as in
 /// column definitions.
 fn is_typmod_type(w: &str) -> bool {
+    #[rustfmt::skip]
     const TYPES: &[&str] = &[
-        "varchar",
-        "char",
-        "character",
-        "nchar",
-        "numeric",
-        "decimal",
-        "bit",
-        "varbit",
-        "timestamp",
-        "timestamptz",
-        "time",
-        "timetz",
-        "interval",
-        "float",
+        "varchar", "char", "character", "nchar", "numeric", "decimal", "bit", "varbit",
+        "timestamp", "timestamptz", "time", "timetz", "interval", "float",
     ];
     TYPES.iter().any(|t| t.eq_ignore_ascii_case(w))
 }
@@ -249,112 +238,6 @@ pub fn normalize(sql: &str) -> Normalized {
     }
     key.push_str(sql.get(run).unwrap_or(""));
     Normalized { key, literals }
-}
-
-/// The owned value of a literal token `text` (which includes its quotes/prefix).
-fn literal_value(tok: Tok, text: &str) -> LiteralValue {
-    let after_prefix = text.get(1..).unwrap_or("");
-    match tok {
-        Tok::Num => LiteralValue::Num(text.to_owned()),
-        Tok::Str(StrKind::Dollar) => {
-            let open = after_prefix.find('$').map_or(text.len(), |i| i + 2);
-            let tag = text.get(..open).unwrap_or("");
-            let body = text.get(open..).unwrap_or("");
-            let body = match body.strip_suffix(tag) {
-                Some(b) if !tag.is_empty() => b,
-                _ => body,
-            };
-            LiteralValue::Str(body.to_owned())
-        }
-        Tok::Str(StrKind::Escape) => LiteralValue::Str(unescape_e(quoted_body(after_prefix, true))),
-        Tok::Str(StrKind::Bits) => LiteralValue::Str(quoted_body(after_prefix, false).to_owned()),
-        _ => LiteralValue::Str(quoted_body(text, false).replace("''", "'")),
-    }
-}
-
-/// The text between the opening quote of `t` and its closing quote (or the input end).
-fn quoted_body(t: &str, backslash: bool) -> &str {
-    let b = t.as_bytes();
-    let mut i = 1;
-    while i < b.len() {
-        if backslash && b[i] == b'\\' {
-            i += 2;
-        } else if b[i] == b'\'' {
-            if b.get(i + 1) == Some(&b'\'') {
-                i += 2;
-            } else {
-                return t.get(1..i).unwrap_or("");
-            }
-        } else {
-            i += 1;
-        }
-    }
-    t.get(1..).unwrap_or("")
-}
-
-/// Unescape the body of an `E'...'` string (PostgreSQL backslash escapes and `''`).
-fn unescape_e(body: &str) -> String {
-    let b = body.as_bytes();
-    let mut out: Vec<u8> = Vec::with_capacity(b.len());
-    let mut i = 0;
-    let hex = |s: &[u8]| {
-        s.iter()
-            .try_fold(0u32, |a, &c| Some(a * 16 + (c as char).to_digit(16)?))
-    };
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' && b.get(i + 1) == Some(&b'\'') {
-            out.push(b'\'');
-            i += 2;
-            continue;
-        }
-        if c != b'\\' || i + 1 >= b.len() {
-            out.push(c);
-            i += 1;
-            continue;
-        }
-        let e = b[i + 1];
-        i += 2;
-        match e {
-            b'b' => out.push(8),
-            b'f' => out.push(12),
-            b'n' => out.push(b'\n'),
-            b'r' => out.push(b'\r'),
-            b't' => out.push(b'\t'),
-            b'0'..=b'7' => {
-                let mut v = u32::from(e - b'0');
-                let mut k = 0;
-                while k < 2 && i < b.len() && (b'0'..=b'7').contains(&b[i]) {
-                    v = v * 8 + u32::from(b[i] - b'0');
-                    i += 1;
-                    k += 1;
-                }
-                out.push((v & 0xff) as u8);
-            }
-            b'x' | b'u' | b'U' => {
-                let max = match e {
-                    b'x' => 2,
-                    b'u' => 4,
-                    _ => 8,
-                };
-                let mut n = 0;
-                while n < max && b.get(i + n).is_some_and(|c| c.is_ascii_hexdigit()) {
-                    n += 1;
-                }
-                match hex(&b[i..i + n]) {
-                    Some(v) if n > 0 && e == b'x' => out.push(v as u8),
-                    Some(v) if n > 0 => {
-                        let ch = char::from_u32(v).unwrap_or('\u{fffd}');
-                        out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                    _ => out.push(e),
-                }
-                i += n;
-            }
-            other => out.push(other),
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
