@@ -656,6 +656,10 @@ impl Session {
         let text = protocol::query_text(frame)?;
         let info = self.route_info(text, &[]);
         let a = &info.analysis;
+        if a.kind == StatementKind::Ddl {
+            // CREATE/ALTER/DROP FUNCTION may change a function's volatility.
+            self.ctx.db.catalog.clear();
+        }
         if self.server.is_some() {
             if a.write && self.held_primary() {
                 self.tx_wrote = true;

@@ -45,7 +45,8 @@ pub(super) fn fallback(sql: &str, wf: &[String]) -> Vec<Verdict> {
         }
     }
     pieces.retain(|p| !p.is_empty());
-    let several = pieces.len() > 1;
+    // Re-parse pieces one by one only for a handful of them (bounded work on a miss).
+    let several = (2..=64).contains(&pieces.len());
     pieces
         .iter()
         .map(|p| {
@@ -76,9 +77,19 @@ fn keyword_verdict(toks: &[(Tok, &str, usize)]) -> Verdict {
         toks.iter()
             .any(|t| t.0 == Tok::Word && t.1.eq_ignore_ascii_case(w))
     };
+    // The last `READ ONLY` / `READ WRITE` (not `READ COMMITTED`).
     let read_only = || {
-        let pos = toks.iter().position(|t| t.1.eq_ignore_ascii_case("read"))?;
-        Some(toks.get(pos + 1)?.1.eq_ignore_ascii_case("only"))
+        toks.windows(2).rev().find_map(|w| {
+            if !w[0].1.eq_ignore_ascii_case("read") {
+                None
+            } else if w[1].1.eq_ignore_ascii_case("only") {
+                Some(true)
+            } else if w[1].1.eq_ignore_ascii_case("write") {
+                Some(false)
+            } else {
+                None
+            }
+        })
     };
     let (first, second) = (word(0), word(1));
     let v = |kind, write, reason| Verdict::new(kind, write, reason);

@@ -224,6 +224,29 @@ fn analysis_details() {
     let a = analyze("VACUUM (VERBOSE) t; SELECT 1", &wf);
     assert!(a.write && a.multi_statement && a.parse_failed);
     assert_eq!(a.reason, Reason::Utility("VACUUM"));
+
+    // keyword fallback for transaction statements sqlparser rejects
+    let a = analyze(
+        "BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY, BOGUS",
+        &wf,
+    );
+    assert!(a.parse_failed && !a.write);
+    assert_eq!(
+        a.kind,
+        K::Begin {
+            read_only: Some(true)
+        }
+    );
+    let a = analyze("BEGIN ISOLATION LEVEL READ COMMITTED BOGUS", &wf);
+    assert_eq!(a.kind, K::Begin { read_only: None });
+    let a = analyze("SET TRANSACTION READ WRITE BOGUS", &wf);
+    assert_eq!(
+        a.kind,
+        K::SetTransaction {
+            read_only: Some(false),
+            session_default: false
+        }
+    );
 }
 
 #[test]
