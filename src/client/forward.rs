@@ -86,7 +86,7 @@ impl Session {
 
     /// Write a Parse for `def` to the server and remember it there (evicting the LRU one).
     fn prepare_on_server(&mut self, def: &super::prepared::StmtDef, swallow: bool) {
-        let max = self.ctx.general.max_prepared_statements;
+        let max = self.ctx.config.general.max_prepared_statements;
         let Some(server) = self.server.as_mut() else {
             return;
         };
@@ -522,7 +522,7 @@ impl Session {
             return Ok(());
         }
         self.forwarded += 1;
-        crate::metrics::count_error(&self.ctx.database.name, &fields.code);
+        crate::metrics::count_error(&self.ctx.database, &fields.code);
         if !fatal && self.try_reprepare(&fields) {
             return Ok(());
         }

@@ -72,21 +72,34 @@ pub async fn handle(app: Arc<App>, mut stream: TcpStream, over_limit: bool) {
         login(&app, &mut stream, &mut out, over_limit),
     )
     .await;
-    match login {
-        Ok(Ok(Some(Login::Session(ctx)))) => session::run(app, stream, *ctx).await,
-        Ok(Ok(Some(Login::Admin { user, read_only }))) => {
+    // Login buffers are not kept for the life of the session (idle clients stay small).
+    let login = match login {
+        Ok(Ok(Some(l))) => {
+            drop(out);
+            l
+        }
+        other => {
+            match other {
+                Ok(Err(Reject(code, msg))) => {
+                    tracing::debug!(code, %msg, "login rejected");
+                    protocol::error_response(&mut out, "FATAL", code, &msg);
+                    let _ = stream.write_all(&out).await;
+                }
+                Err(_) => {
+                    protocol::error_response(&mut out, "FATAL", "08006", "login timed out");
+                    let _ = stream.write_all(&out).await;
+                }
+                _ => {}
+            }
+            return;
+        }
+    };
+    match Some(login) {
+        Some(Login::Session(ctx)) => session::run(app, stream, *ctx).await,
+        Some(Login::Admin { user, read_only }) => {
             crate::admin::serve(app, stream, user, read_only).await
         }
-        Ok(Ok(None)) => {}
-        Ok(Err(Reject(code, msg))) => {
-            tracing::debug!(code, %msg, "login rejected");
-            protocol::error_response(&mut out, "FATAL", code, &msg);
-            let _ = stream.write_all(&out).await;
-        }
-        Err(_) => {
-            protocol::error_response(&mut out, "FATAL", "08006", "login timed out");
-            let _ = stream.write_all(&out).await;
-        }
+        None => {}
     }
 }
 
@@ -292,14 +305,14 @@ async fn login(
     stream.write_all(out).await?;
     out.clear();
     Ok(Some(Login::Session(Box::new(session::SessionCtx {
-        user,
-        database: db,
+        user: user.name.clone(),
+        database: db.name.clone(),
         mode,
         pools,
         startup: startup_params,
         cancel_key,
         cancel_slot,
-        general: cfg.general.clone(),
+        config: cfg.clone(),
         db: runtime,
         info,
     }))))

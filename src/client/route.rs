@@ -541,7 +541,7 @@ impl Session {
                 match lsn {
                     Ok(Ok(Some(l))) => {
                         self.last_write_lsn = self.last_write_lsn.max(l);
-                        if self.ctx.general.report_write_lsn {
+                        if self.ctx.config.general.report_write_lsn {
                             protocol::parameter_status(
                                 &mut self.cout,
                                 "pgvane.last_write_lsn",

@@ -23,23 +23,27 @@ use super::route::{DeferredBegin, Role, Target};
 use crate::app::{
     App, CancelSlot, CancelTarget, ClientInfo, DbPools, CLIENT_ACTIVE, CLIENT_IDLE, CLIENT_WAITING,
 };
-use crate::config::{Database, General, PoolMode, User};
+use crate::config::PoolMode;
 use crate::database::DbRuntime;
 use crate::params::{self, Params};
 use crate::pool::{Pool, PooledConn};
 use crate::protocol;
 use crate::router::RouteSetting;
 
+/// Bytes reserved before reading from a client or a server (one read per syscall as a rule).
+const READ_CHUNK: usize = 8192;
+const SERVER_READ_CHUNK: usize = 32 * 1024;
+
 /// Everything login learned about the client.
 pub struct SessionCtx {
-    pub user: User,
-    pub database: Database,
+    pub user: String,
+    pub database: String,
     pub mode: PoolMode,
     pub pools: DbPools,
     pub startup: Params,
     pub cancel_key: (i32, i32),
     pub cancel_slot: CancelSlot,
-    pub general: General,
+    pub config: Arc<crate::config::Config>,
     pub db: Arc<DbRuntime>,
     pub info: Arc<ClientInfo>,
 }
@@ -137,7 +141,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
     let rewrite = ctx.mode != PoolMode::Session;
     let routing = ctx.mode != PoolMode::Session && ctx.db.needs_analysis();
     let effective = ctx.startup.clone();
-    let max_message = ctx.general.max_message_size;
+    let max_message = ctx.config.general.max_message_size;
     let mut s = Session {
         app,
         ctx,
@@ -197,8 +201,8 @@ impl Session {
 
     async fn main_loop_inner(&mut self) -> Result<(), End> {
         let mut shutdown = self.app.shutdown_rx.clone();
-        let idle_tx = self.ctx.general.idle_transaction_timeout;
-        let client_idle = self.ctx.general.client_idle_timeout;
+        let idle_tx = self.ctx.config.general.idle_transaction_timeout;
+        let client_idle = self.ctx.config.general.client_idle_timeout;
         loop {
             if self.routing {
                 // The next statement may belong elsewhere: give the server back first.
@@ -221,10 +225,24 @@ impl Session {
                 return Err(End::Fatal("57P01", "pgvane is shutting down".into()));
             }
             let Some(server) = self.server.as_mut() else {
+                // Idle: hold no buffers while waiting (an idle client costs little memory);
+                // allocate only once the socket is readable.
+                if self.cin.is_empty() {
+                    self.cin = BytesMut::new();
+                }
+                self.cout = BytesMut::new();
+                self.sout = BytesMut::new();
                 let deadline = (!client_idle.is_zero()).then(|| Instant::now() + client_idle);
                 tokio::select! {
-                    r = self.client.read_buf(&mut self.cin) => {
-                        if r.map_err(|_| End::ClientGone)? == 0 { return Err(End::ClientGone) }
+                    r = self.client.readable() => {
+                        r.map_err(|_| End::ClientGone)?;
+                        self.cin.reserve(READ_CHUNK);
+                        match self.client.try_read_buf(&mut self.cin) {
+                            Ok(0) => return Err(End::ClientGone),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => return Err(End::ClientGone),
+                        }
                     }
                     _ = sleep_until(deadline) => {
                         return Err(End::Fatal("08P01", "client_idle_timeout: closing idle client connection".into()));
@@ -237,6 +255,12 @@ impl Session {
                 continue;
             };
             let server: &mut crate::server::ServerConn = server;
+            if self.cin.capacity() - self.cin.len() < 1024 {
+                self.cin.reserve(READ_CHUNK);
+            }
+            if server.rbuf.capacity() - server.rbuf.len() < 4096 {
+                server.rbuf.reserve(SERVER_READ_CHUNK);
+            }
             let waiting_in_tx = self.tx_status != b'I' && self.pending.is_empty();
             let deadline = (waiting_in_tx && !idle_tx.is_zero()).then(|| Instant::now() + idle_tx);
             tokio::select! {
@@ -261,7 +285,7 @@ impl Session {
 
     /// Queue an ERROR of pgvane's own for the client (and count it).
     pub(super) fn client_error(&mut self, code: &str, message: &str) {
-        crate::metrics::count_error(&self.ctx.database.name, code);
+        crate::metrics::count_error(&self.ctx.database, code);
         protocol::error_response(&mut self.cout, "ERROR", code, message);
     }
 
@@ -533,7 +557,7 @@ impl Session {
             let us = t.elapsed().as_micros() as u64;
             st.xact_time_us.fetch_add(us, Relaxed);
             st.query_time_us.fetch_add(us, Relaxed);
-            crate::metrics::observe_transaction(&self.ctx.database.name, us);
+            crate::metrics::observe_transaction(&self.ctx.database, us);
         }
         self.queries = 0;
         self.bytes_in = 0;
@@ -596,7 +620,7 @@ impl Session {
             self.clear_cancel();
             let clean = self.pending.is_empty() && self.tx_status == b'I' && !conn.broken;
             if clean {
-                let reset = self.ctx.general.server_reset_query.clone();
+                let reset = self.ctx.config.general.server_reset_query.clone();
                 if self.ctx.mode == PoolMode::Session && !reset.is_empty() {
                     tokio::spawn(async move {
                         if let Ok(None) = conn.run_internal(&reset).await {
@@ -613,7 +637,7 @@ impl Session {
         }
         self.app.unregister_cancel(self.ctx.cancel_key);
         self.app.unregister_client(self.ctx.info.id);
-        tracing::debug!(user = %self.ctx.user.name, database = %self.ctx.database.name, "client session ended");
+        tracing::debug!(user = %self.ctx.user, database = %self.ctx.database, "client session ended");
         let _ = self.client.shutdown().await;
     }
 }
