@@ -33,21 +33,74 @@ impl Drop for ShardRuntime {
     }
 }
 
+/// Every routing-reason label (statement reasons from the classifier and decision reasons
+/// from the session); counted in a fixed table so the hot path takes no lock.
+pub const REASON_LABELS: &[&str] = &[
+    "read",
+    "transaction_control",
+    "session",
+    "write_statement",
+    "locking_clause",
+    "volatile_function",
+    "write_function",
+    "writable_cte",
+    "select_into",
+    "ddl",
+    "copy_from",
+    "utility",
+    "parse_failure",
+    "hint",
+    "session_route",
+    "split_off",
+    "write_transaction",
+    "read_only_transaction",
+    "read_your_writes_window",
+    "read_your_writes_lsn",
+    "no_healthy_replica",
+    "no_replicas",
+    "replica_unavailable",
+    "replica_failed_retry",
+    "other",
+];
+
 /// Route counters per database (read by the admin console and metrics).
-#[derive(Default)]
 pub struct RouteStats {
     pub primary: AtomicU64,
     pub replica: AtomicU64,
     pub shard: AtomicU64,
     pub fanout: AtomicU64,
-    pub reasons: Mutex<HashMap<&'static str, u64>>,
+    reasons: Vec<AtomicU64>,
+}
+
+impl Default for RouteStats {
+    fn default() -> Self {
+        RouteStats {
+            primary: AtomicU64::new(0),
+            replica: AtomicU64::new(0),
+            shard: AtomicU64::new(0),
+            fanout: AtomicU64::new(0),
+            reasons: REASON_LABELS.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl RouteStats {
     pub fn count_reason(&self, label: &'static str) {
-        if let Ok(mut m) = self.reasons.lock() {
-            *m.entry(label).or_insert(0) += 1;
-        }
+        let i = REASON_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(REASON_LABELS.len() - 1);
+        self.reasons[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (label, count) for every reason counted at least once.
+    pub fn reasons(&self) -> Vec<(&'static str, u64)> {
+        REASON_LABELS
+            .iter()
+            .zip(self.reasons.iter())
+            .map(|(l, n)| (*l, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 

@@ -6,6 +6,7 @@
 //! Must not: do socket I/O beyond asking the database runtime for catalog facts; the policy
 //! itself is the pure [`choose_role`] plus the replication and sharding modules.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub struct Target {
     pub role: Role,
     /// Index of the replica in the shard, when `role` is Replica.
     pub replica: Option<usize>,
-    pub reason: String,
+    pub reason: Cow<'static, str>,
 }
 
 /// The routing outcome of a statement.
@@ -69,7 +70,7 @@ pub fn choose_role(
     write_reason: &str,
     hints: &Hints,
     ctx: &RoleContext,
-) -> (Role, String) {
+) -> (Role, Cow<'static, str>) {
     if !ctx.split {
         return (Role::Primary, "read/write split off".into());
     }
@@ -88,14 +89,14 @@ pub fn choose_role(
         Some(true) if write => {
             return (
                 Role::Primary,
-                format!("write in a read-only transaction ({write_reason})"),
+                Cow::Owned(format!("write in a read-only transaction ({write_reason})")),
             )
         }
         Some(true) => return (Role::Replica, "read-only transaction".into()),
         None => {}
     }
     if write {
-        return (Role::Primary, write_reason.to_string());
+        return (Role::Primary, Cow::Owned(write_reason.to_string()));
     }
     if ctx.recent_write {
         return (
@@ -256,12 +257,16 @@ impl Session {
         let db = self.ctx.db.clone();
         let hints = router::parse_hints(sql);
         let mut write = analysis.write;
-        let mut reason = analysis.reason.to_string();
+        let mut reason: Cow<'static, str> = if analysis.write {
+            Cow::Owned(analysis.reason.to_string())
+        } else {
+            Cow::Borrowed("read")
+        };
         if !write && !analysis.functions.is_empty() && db.split() {
             let volatile = db.volatile_functions(&analysis.functions).await;
             if let Some(f) = volatile.first() {
                 write = true;
-                reason = format!("volatile function {f}");
+                reason = Cow::Owned(format!("volatile function {f}"));
             }
         }
         let mut shard = 0;
@@ -302,7 +307,7 @@ impl Session {
         let (role, why) = if std::mem::take(&mut self.force_primary) {
             (
                 Role::Primary,
-                "replica failed; read retried on the primary".to_string(),
+                Cow::Borrowed("replica failed; read retried on the primary"),
             )
         } else {
             choose_role(write, &reason, &hints, &ctx)
@@ -336,7 +341,7 @@ impl Session {
                             shard,
                             role: Role::Primary,
                             replica: None,
-                            reason: fallback,
+                            reason: fallback.into(),
                         }
                     }
                 }
@@ -654,14 +659,23 @@ impl Session {
     /// Route a simple Query (routing on). True: forward the frame to the held server.
     pub(super) async fn route_query(&mut self, frame: &Bytes) -> Result<bool, End> {
         let text = protocol::query_text(frame)?;
-        let info = self.route_info(text, &[]);
-        let a = &info.analysis;
+        // No per-statement copies on this path: the text is borrowed from the frame, and the
+        // literal list is materialized only for sharded databases.
+        let sql = String::from_utf8_lossy(text);
+        let db = self.ctx.db.clone();
+        let (analysis, normalized) = db.cache.get_or_analyze(&sql, &db.routing.write_functions);
+        let literals = if db.sharded() {
+            literal_texts(&normalized)
+        } else {
+            Vec::new()
+        };
+        let a = &analysis;
         if a.kind == StatementKind::Ddl {
             // CREATE/ALTER/DROP FUNCTION may change a function's volatility.
             self.ctx.db.catalog.clear();
         }
         if self.server.is_some() {
-            if a.write && self.held_primary() {
+            if (a.write || !a.functions.is_empty()) && self.held_primary() {
                 self.tx_wrote = true;
             }
             let touches_sharded = a
@@ -670,7 +684,7 @@ impl Session {
                 .any(|x| self.ctx.db.sharded_tables.iter().any(|st| st.matches(x)));
             if self.ctx.db.sharded() && touches_sharded {
                 if let Some(t) = self.held.clone() {
-                    let plan = self.plan(&info.sql, a, &info.literals, &[], &[]).await;
+                    let plan = self.plan(&sql, a, &literals, &[], &[]).await;
                     if let Plan::Single(p) = &plan {
                         if p.shard != t.shard
                             && !matches!(p.role, Role::Replica)
@@ -727,10 +741,11 @@ impl Session {
                 _ => {}
             }
         }
-        let in_write_tx = self.deferred_begin.as_ref().is_some_and(|b| !b.read_only);
-        match self.plan(&info.sql, a, &info.literals, &[], &[]).await {
+        match self.plan(&sql, a, &literals, &[], &[]).await {
             Plan::Single(t) => {
-                if t.role == Role::Primary && (a.write || in_write_tx) {
+                // Read-your-writes pins only what may have written (a write, or a call to a
+                // user function), not every statement of a transaction on the primary.
+                if t.role == Role::Primary && (a.write || !a.functions.is_empty()) {
                     self.tx_wrote = true;
                 }
                 if t.role == Role::Replica && self.deferred_begin.is_none() {

@@ -447,7 +447,7 @@ impl Session {
                         }
                         t.role = Role::Primary;
                         t.replica = None;
-                        t.reason = format!("replica unavailable ({e})");
+                        t.reason = format!("replica unavailable ({e})").into();
                         continue;
                     }
                     let (code, msg) = e.sqlstate();

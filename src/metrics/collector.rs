@@ -429,10 +429,8 @@ impl Collector for AppCollector {
                     v.load(Ordering::Relaxed) as f64,
                 );
             }
-            if let Ok(r) = st.reasons.lock() {
-                for (reason, n) in r.iter() {
-                    s.put("pgvane_route_reasons_total", &[name, reason], *n as f64);
-                }
+            for (reason, n) in st.reasons() {
+                s.put("pgvane_route_reasons_total", &[name, reason], n as f64);
             }
             s.put(
                 "pgvane_parse_cache_hits_total",
