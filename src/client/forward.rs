@@ -215,6 +215,9 @@ impl Session {
                 });
                 Ok(())
             }
+            b'P' if self.rewrite && self.server.is_none() && self.answer_known_parse(&frame)? => {
+                Ok(())
+            }
             b'P' | b'B' | b'D' | b'E' | b'F' => {
                 if self.routing {
                     if !self.route_extended(&frame).await? {
@@ -231,6 +234,32 @@ impl Session {
                 format!("invalid frontend message type {}", other),
             )),
         }
+    }
+
+    /// A named Parse, outside a transaction, of a statement some server already accepted:
+    /// answer ParseComplete without taking a server (it is prepared wherever it is used).
+    /// Drivers that prepare synchronously (pgbench -M prepared, JDBC) then never wait for a
+    /// server just to prepare, which also avoids a client-side deadlock when the pool is
+    /// smaller than the client count.
+    fn answer_known_parse(&mut self, frame: &Bytes) -> Result<bool, End> {
+        let p = protocol::parse_parse(frame)?;
+        if p.name.is_empty() || self.tx_status != b'I' {
+            return Ok(false);
+        }
+        let reg = super::prepared::registry();
+        let Some(def) = reg.get(&frame.slice_ref(p.query), &frame.slice_ref(p.param_types)) else {
+            return Ok(false);
+        };
+        if !def.validated.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if self.routing {
+            let info = self.route_info(p.query, p.param_types);
+            self.routes.insert(p.name.to_vec(), info);
+        }
+        self.stmts.insert(p.name.to_vec(), def);
+        self.push_synthetic(Bytes::from_static(PARSE_COMPLETE));
+        Ok(true)
     }
 
     /// Checkout for an extended-protocol message; on failure skip to the next Sync.
@@ -386,6 +415,7 @@ impl Session {
             }
         }
         let Some(head) = self.pending.front_mut() else {
+            tracing::warn!(tag = %(tag as char), "server message with nothing pending: retiring the server");
             // Nothing was asked: a protocol desync. Forward and retire the connection.
             self.cout.extend_from_slice(&frame);
             if let Some(s) = self.server.as_mut() {
@@ -407,9 +437,15 @@ impl Session {
                 b'Z' => done = true,
                 _ => {}
             },
-            Pending::Parse { swallow, .. } => {
+            Pending::Parse { swallow, id } => {
                 forward = !*swallow;
                 done = tag == b'1';
+                if let (true, Some(id)) = (done, *id) {
+                    if !self.validated.contains(&id) {
+                        self.validated.push(id);
+                        super::prepared::registry().mark_validated(id);
+                    }
+                }
             }
             Pending::Bind { .. } => done = tag == b'2',
             Pending::Describe { .. } => done = matches!(tag, b'T' | b'n'),
@@ -484,6 +520,7 @@ impl Session {
                 self.queries += 1;
             }
             _ => {
+                tracing::warn!(pending = ?self.pending, "ReadyForQuery without a pending Sync: retiring the server");
                 if let Some(s) = self.server.as_mut() {
                     s.broken = true;
                 }

@@ -21,6 +21,9 @@ pub struct StmtDef {
     pub query: Bytes,
     /// The Parse message's parameter-type section, as on the wire.
     pub param_types: Bytes,
+    /// A server accepted this statement once (ParseComplete): later Parses of the same text
+    /// need no server to be answered.
+    pub validated: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -48,9 +51,26 @@ impl Registry {
             name,
             query: key.0.clone(),
             param_types: key.1.clone(),
+            validated: std::sync::atomic::AtomicBool::new(false),
         });
         map.insert(key, def.clone());
         def
+    }
+
+    /// The statement for this text and types, if it exists.
+    pub fn get(&self, query: &Bytes, param_types: &Bytes) -> Option<Arc<StmtDef>> {
+        let map = self.map.lock().ok()?;
+        map.get(&(query.clone(), param_types.clone())).cloned()
+    }
+
+    /// Mark statement `id` as accepted by a server.
+    pub fn mark_validated(&self, id: u64) {
+        if let Ok(map) = self.map.lock() {
+            if let Some(d) = map.values().find(|d| d.id == id) {
+                d.validated
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

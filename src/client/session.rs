@@ -135,6 +135,8 @@ pub struct Session {
     /// The RowDescription of the read being retried already reached the client.
     pub(super) row_description_sent: bool,
     pub(super) skip_row_description: bool,
+    /// Shared statements this session already saw accepted (to mark them once).
+    pub(super) validated: Vec<u64>,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -186,6 +188,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         force_primary: false,
         row_description_sent: false,
         skip_row_description: false,
+        validated: Vec::new(),
     };
     let end = s.main_loop().await;
     s.finish(end).await;
