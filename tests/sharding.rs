@@ -229,6 +229,31 @@ async fn sharded_scenario(shards: Vec<(u16, String)>) {
     let distinct: BTreeSet<&String> = r.iter().map(|r| &r[1]).collect();
     assert_eq!(distinct.len(), 9_999);
 
+    // The same fan-out over the extended protocol (tokio-postgres), reads and writes.
+    let all = c
+        .query("SELECT customer_id, id FROM orders", &[])
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 9_999);
+    let ids: BTreeSet<i64> = all.iter().map(|r| r.get::<_, i64>(1)).collect();
+    assert_eq!(ids.len(), 9_999, "every row exactly once");
+    let per_shard = c.prepare("SELECT count(*) FROM orders").await.unwrap();
+    for _ in 0..2 {
+        let counts = c.query(&per_shard, &[]).await.unwrap();
+        assert_eq!(
+            counts.len(),
+            n as usize,
+            "one count per shard (rows are concatenated)"
+        );
+        let total: i64 = counts.iter().map(|r| r.get::<_, i64>(0)).sum();
+        assert_eq!(total, 9_999);
+    }
+    let touched = c
+        .execute("UPDATE orders SET amount = amount WHERE amount >= 0", &[])
+        .await
+        .unwrap();
+    assert_eq!(touched, 9_999, "one UPDATE count summed over the shards");
+
     // Extended protocol with the key as a binary $1 (tokio-postgres sends int8 in binary).
     let k2 = 43i64 * 7919 - 300_000;
     let row = c

@@ -221,7 +221,10 @@ impl Session {
             b'P' | b'B' | b'D' | b'E' | b'F' => {
                 if self.routing {
                     if !self.route_extended(&frame).await? {
-                        self.skip_until_sync = true;
+                        // A fan-out consumed the batch itself; otherwise skip to Sync.
+                        if !std::mem::take(&mut self.fanned_out) {
+                            self.skip_until_sync = true;
+                        }
                         return Ok(());
                     }
                 } else if !self.need_server_extended().await? {

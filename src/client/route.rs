@@ -866,10 +866,20 @@ impl Session {
                 }
                 self.ensure_server_for(Some(t)).await
             }
-            Plan::Multi { .. } => {
-                self.client_error("0A000",
-                    "this statement spans several shards: pgvane fans out only simple-protocol queries; use a sharding key, a /* pgvane: shard=N */ hint, or the simple query protocol",
-                );
+            Plan::Multi {
+                shards,
+                write,
+                split,
+            } => {
+                if split.is_some() {
+                    self.client_error(
+                        "0A000",
+                        "an extended-protocol INSERT whose rows belong to several shards cannot be split; send one row per statement or use the simple protocol",
+                    );
+                    return Ok(false);
+                }
+                self.fanout_extended(frame.clone(), shards, write).await?;
+                self.fanned_out = true;
                 Ok(false)
             }
             Plan::Reject(code, msg) => {

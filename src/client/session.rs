@@ -137,6 +137,8 @@ pub struct Session {
     pub(super) skip_row_description: bool,
     /// Shared statements this session already saw accepted (to mark them once).
     pub(super) validated: Vec<u64>,
+    /// The batch just routed was run as an extended-protocol fan-out.
+    pub(super) fanned_out: bool,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -189,6 +191,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         row_description_sent: false,
         skip_row_description: false,
         validated: Vec::new(),
+        fanned_out: false,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
