@@ -58,7 +58,7 @@ PSQL=("$PGBIN/psql" -X -q -h 127.0.0.1 -U postgres)
     -c "CREATE DATABASE app OWNER app" -c "CREATE DATABASE shop_0 OWNER app" -c "CREATE DATABASE shop_1 OWNER app"
 
 echo "== starting a streaming replica on 127.0.0.1:$REPLICA_PORT"
-"${AS[@]}" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$WORK/replica" -R -X stream >/dev/null
+"${AS[@]}" "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$WORK/replica" -R -X stream -c fast >/dev/null
 cat >> "$WORK/replica/postgresql.conf" <<CONF
 port = $REPLICA_PORT
 CONF

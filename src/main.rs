@@ -131,7 +131,16 @@ fn run(cli: &Cli) -> ExitCode {
         };
         let listen = cfg.general.listen_addr.clone();
         let metrics_addr = cfg.general.metrics_addr.clone();
+        let databases = cfg.databases.clone();
+        let monitor_user = cfg.users.first().cloned();
         let app = pgvane::app::App::new(cfg);
+        // Start every database's replication monitor now, so replicas are probed (and can take
+        // reads) before the first client arrives.
+        if let Some(user) = &monitor_user {
+            for db in &databases {
+                app.db_runtime(db, user);
+            }
+        }
         app.admin.set_config_path(config_path);
         pgvane::admin::spawn_background(&app);
         if let Some(addr) = metrics_addr {
