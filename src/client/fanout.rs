@@ -166,6 +166,50 @@ async fn read_until_ready(
 }
 
 impl Session {
+    /// One server per target shard (primaries), with the client's settings applied. On
+    /// failure the error and a ReadyForQuery(`status`) are queued and None is returned.
+    pub(super) async fn checkout_shards(
+        &mut self,
+        shards: ShardSet,
+        status: u8,
+    ) -> Option<Vec<(u32, PooledConn)>> {
+        let mut conns: Vec<(u32, PooledConn)> = Vec::new();
+        for s in shards.iter() {
+            let pool = self.ctx.pools.shards[s as usize].primary.clone();
+            let failure = match pool.get().await {
+                Ok(mut c) => match params::sync_sql(&self.effective, &c.params) {
+                    None => {
+                        conns.push((s, c));
+                        continue;
+                    }
+                    Some(q) => {
+                        if matches!(c.run_internal(&q).await, Ok(None)) && !c.broken {
+                            c.params = self.effective.clone();
+                            conns.push((s, c));
+                            continue;
+                        }
+                        (
+                            "08006",
+                            format!("shard {s}: applying session settings failed"),
+                        )
+                    }
+                },
+                Err(e) => {
+                    let (code, msg) = e.sqlstate();
+                    (code, format!("shard {s}: {msg}"))
+                }
+            };
+            self.client_error(failure.0, &failure.1);
+            protocol::ready_for_query(&mut self.cout, status);
+            for (_, c) in conns {
+                let p = c.pool.clone();
+                p.put(c);
+            }
+            return None;
+        }
+        Some(conns)
+    }
+
     /// Run a simple Query on `shards` (optionally a different SQL text per shard).
     pub(super) async fn fanout_query(
         &mut self,
@@ -191,36 +235,9 @@ impl Session {
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
         let wrap = write && !needs_autocommit(&sql);
-        let mut conns: Vec<(u32, PooledConn)> = Vec::new();
-        for s in shards.iter() {
-            let pool = self.ctx.pools.shards[s as usize].primary.clone();
-            match pool.get().await {
-                Ok(mut c) => {
-                    if let Some(q) = params::sync_sql(&self.effective, &c.params) {
-                        if !matches!(c.run_internal(&q).await, Ok(None)) || c.broken {
-                            self.client_error(
-                                "08006",
-                                &format!("shard {s}: applying session settings failed"),
-                            );
-                            protocol::ready_for_query(&mut self.cout, status);
-                            return Ok(());
-                        }
-                        c.params = self.effective.clone();
-                    }
-                    conns.push((s, c));
-                }
-                Err(e) => {
-                    let (code, msg) = e.sqlstate();
-                    self.client_error(code, &format!("shard {s}: {msg}"));
-                    protocol::ready_for_query(&mut self.cout, status);
-                    for (_, c) in conns {
-                        let p = c.pool.clone();
-                        p.put(c);
-                    }
-                    return Ok(());
-                }
-            }
-        }
+        let Some(mut conns) = self.checkout_shards(shards, status).await else {
+            return Ok(());
+        };
         let mut payloads = Vec::with_capacity(conns.len());
         for (s, _) in &conns {
             let mut out = BytesMut::new();

@@ -12,8 +12,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::session::{End, Session};
-use crate::params;
-use crate::pool::PooledConn;
 use crate::protocol;
 use crate::sharding::plan::ShardSet;
 
@@ -174,36 +172,9 @@ impl Session {
         db.stats
             .fanout
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut conns: Vec<(u32, PooledConn)> = Vec::new();
-        for s in shards.iter() {
-            let pool = self.ctx.pools.shards[s as usize].primary.clone();
-            match pool.get().await {
-                Ok(mut c) => {
-                    if let Some(q) = params::sync_sql(&self.effective, &c.params) {
-                        if !matches!(c.run_internal(&q).await, Ok(None)) || c.broken {
-                            self.client_error(
-                                "08006",
-                                &format!("shard {s}: applying session settings failed"),
-                            );
-                            protocol::ready_for_query(&mut self.cout, status);
-                            return Ok(());
-                        }
-                        c.params = self.effective.clone();
-                    }
-                    conns.push((s, c));
-                }
-                Err(e) => {
-                    let (code, msg) = e.sqlstate();
-                    self.client_error(code, &format!("shard {s}: {msg}"));
-                    protocol::ready_for_query(&mut self.cout, status);
-                    for (_, c) in conns {
-                        let p = c.pool.clone();
-                        p.put(c);
-                    }
-                    return Ok(());
-                }
-            }
-        }
+        let Some(mut conns) = self.checkout_shards(shards, status).await else {
+            return Ok(());
+        };
         let mut payload = BytesMut::new();
         if write {
             protocol::query(&mut payload, "BEGIN");
