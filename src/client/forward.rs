@@ -149,13 +149,13 @@ impl Session {
                 let text = protocol::query_text(&frame)?;
                 if let Some(cmd) = crate::router::pgvane_command(&String::from_utf8_lossy(text)) {
                     let saved = std::mem::take(&mut self.cout);
-                    self.pgvane_command(cmd).await;
+                    Box::pin(self.pgvane_command(cmd)).await;
                     protocol::ready_for_query(&mut self.cout, self.tx_status);
                     let reply = std::mem::replace(&mut self.cout, saved).freeze();
                     self.push_synthetic(reply);
                     return Ok(());
                 }
-                if self.routing && !self.route_query(&frame).await? {
+                if self.routing && !Box::pin(self.route_query(&frame)).await? {
                     return Ok(());
                 }
                 if !self.ensure_server().await? {
@@ -220,7 +220,7 @@ impl Session {
             }
             b'P' | b'B' | b'D' | b'E' | b'F' => {
                 if self.routing {
-                    if !self.route_extended(&frame).await? {
+                    if !Box::pin(self.route_extended(&frame)).await? {
                         // A fan-out consumed the batch itself; otherwise skip to Sync.
                         if !std::mem::take(&mut self.fanned_out) {
                             self.skip_until_sync = true;

@@ -68,9 +68,11 @@ impl From<protocol::ProtocolError> for Reject {
 pub async fn handle(app: Arc<App>, mut stream: TcpStream, over_limit: bool) {
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
+    // Boxed: the login state machine (SCRAM, startup parsing) is large and is not needed once
+    // the session runs, so it must not inflate every idle client's task.
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        login(&app, &mut stream, &mut out, over_limit),
+        Box::pin(login(&app, &mut stream, &mut out, over_limit)),
     )
     .await;
     // Login buffers are not kept for the life of the session (idle clients stay small).

@@ -431,7 +431,7 @@ impl Session {
             .store(CLIENT_WAITING, std::sync::atomic::Ordering::Relaxed);
         let mut conn = loop {
             let pool = self.pool_for(target.as_ref());
-            let got = pool.get().await;
+            let got = Box::pin(pool.get()).await;
             self.ctx
                 .info
                 .state
@@ -464,7 +464,7 @@ impl Session {
             }
         };
         if let Some(sql) = params::sync_sql(&self.effective, &conn.params) {
-            match conn.run_internal(&sql).await {
+            match Box::pin(conn.run_internal(&sql)).await {
                 Ok(None) if !conn.broken => conn.params = self.effective.clone(),
                 Ok(Some(err)) if !conn.broken => {
                     tracing::warn!(code = %err.code, msg = %err.message, "applying client settings failed");
@@ -537,7 +537,7 @@ impl Session {
             return;
         }
         if self.tx_wrote {
-            self.capture_write_position().await;
+            Box::pin(self.capture_write_position()).await;
             self.flush_client().await.ok();
         }
         self.held = None;
