@@ -36,7 +36,8 @@ enum Command {
         /// Key type: smallint | integer | bigint | text | varchar | uuid.
         #[arg(long = "type", default_value = "bigint")]
         key_type: String,
-        /// Values in PostgreSQL text form.
+        /// Values in PostgreSQL text form (negative numbers allowed).
+        #[arg(allow_negative_numbers = true)]
         values: Vec<String>,
     },
 }

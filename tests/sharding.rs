@@ -531,3 +531,70 @@ async fn text_format_parameters_and_text_keys() {
         assert_eq!(n, 1);
     }
 }
+
+#[test]
+fn shard_command_prints_placements() {
+    let out = std::process::Command::new(pgvane_bin())
+        .args([
+            "shard",
+            "--shards",
+            "4",
+            "--type",
+            "bigint",
+            "1",
+            "2",
+            "-9223372036854775808",
+            "42",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    for (line, v) in lines.iter().zip(["1", "2", "-9223372036854775808", "42"]) {
+        let expect =
+            ::pgvane::sharding::hash::shard_of_text(v, ::pgvane::sharding::hash::KeyType::Int8, 4)
+                .unwrap();
+        assert_eq!(*line, format!("{v}\t{expect}"));
+    }
+    // Text keys hash as PostgreSQL's text_ops; bad values are refused with a message.
+    let out = std::process::Command::new(pgvane_bin())
+        .args([
+            "shard",
+            "--shards",
+            "3",
+            "--type",
+            "text",
+            "user@example.com",
+        ])
+        .output()
+        .unwrap();
+    let expect = ::pgvane::sharding::hash::shard_of_text(
+        "user@example.com",
+        ::pgvane::sharding::hash::KeyType::Text,
+        3,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("user@example.com\t{expect}")
+    );
+    let bad = std::process::Command::new(pgvane_bin())
+        .args([
+            "shard",
+            "--shards",
+            "2",
+            "--type",
+            "integer",
+            "not-a-number",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not-a-number"));
+}
