@@ -349,8 +349,4 @@ impl DbRuntime {
             .insert(table.to_string(), cols.clone());
         Some(cols)
     }
-
-    pub fn count_route(&self, counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
 }

@@ -24,10 +24,10 @@ pub enum Pending {
         set: Option<SetCmd>,
         ok: bool,
     },
-    /// Parse: `id` is the shared statement it prepares; `swallow` hides ParseComplete from the
-    /// client (pgvane injected it).
+    /// Parse: `stmt` is the shared statement it prepares; `swallow` hides ParseComplete from
+    /// the client (pgvane injected it).
     Parse {
-        id: Option<u64>,
+        stmt: Option<std::sync::Arc<super::prepared::StmtDef>>,
         swallow: bool,
     },
     /// Bind; `stmt` is the shared statement (for a transparent re-prepare), `frame` the
@@ -85,7 +85,7 @@ impl Session {
     }
 
     /// Write a Parse for `def` to the server and remember it there (evicting the LRU one).
-    fn prepare_on_server(&mut self, def: &super::prepared::StmtDef, swallow: bool) {
+    fn prepare_on_server(&mut self, def: &std::sync::Arc<super::prepared::StmtDef>, swallow: bool) {
         let max = self.ctx.config.general.max_prepared_statements;
         let Some(server) = self.server.as_mut() else {
             return;
@@ -101,7 +101,7 @@ impl Session {
         }
         protocol::parse_msg(&mut self.sout, &def.name, &def.query, &def.param_types);
         self.pending.push_back(Pending::Parse {
-            id: Some(def.id),
+            stmt: Some(def.clone()),
             swallow,
         });
     }
@@ -295,7 +295,7 @@ impl Session {
                     }
                     self.sout.extend_from_slice(&frame);
                     self.pending.push_back(Pending::Parse {
-                        id: None,
+                        stmt: None,
                         swallow: false,
                     });
                     return Ok(());
@@ -440,14 +440,12 @@ impl Session {
                 b'Z' => done = true,
                 _ => {}
             },
-            Pending::Parse { swallow, id } => {
+            Pending::Parse { swallow, stmt } => {
                 forward = !*swallow;
                 done = tag == b'1';
-                if let (true, Some(id)) = (done, *id) {
-                    if !self.validated.contains(&id) {
-                        self.validated.push(id);
-                        super::prepared::registry().mark_validated(id);
-                    }
+                if let (true, Some(def)) = (done, stmt.as_ref()) {
+                    def.validated
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Pending::Bind { .. } => done = tag == b'2',
@@ -594,7 +592,9 @@ impl Session {
                     let p = self.pending.pop_front();
                     if let Some(server) = self.server.as_mut() {
                         match p {
-                            Some(Pending::Parse { id: Some(id), .. }) => server.prepared.remove(id),
+                            Some(Pending::Parse {
+                                stmt: Some(def), ..
+                            }) => server.prepared.remove(def.id),
                             Some(Pending::Close { id: Some(id), .. }) => {
                                 server.prepared.insert(id, 0);
                             }

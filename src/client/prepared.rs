@@ -63,16 +63,6 @@ impl Registry {
         map.get(&(query.clone(), param_types.clone())).cloned()
     }
 
-    /// Mark statement `id` as accepted by a server.
-    pub fn mark_validated(&self, id: u64) {
-        if let Ok(map) = self.map.lock() {
-            if let Some(d) = map.values().find(|d| d.id == id) {
-                d.validated
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.map.lock().map(|m| m.len()).unwrap_or(0)
     }

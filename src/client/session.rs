@@ -135,8 +135,6 @@ pub struct Session {
     /// The RowDescription of the read being retried already reached the client.
     pub(super) row_description_sent: bool,
     pub(super) skip_row_description: bool,
-    /// Shared statements this session already saw accepted (to mark them once).
-    pub(super) validated: Vec<u64>,
     /// The batch just routed was run as an extended-protocol fan-out.
     pub(super) fanned_out: bool,
 }
@@ -190,7 +188,6 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         force_primary: false,
         row_description_sent: false,
         skip_row_description: false,
-        validated: Vec::new(),
         fanned_out: false,
     };
     let end = s.main_loop().await;
