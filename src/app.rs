@@ -95,11 +95,14 @@ pub struct App {
     /// Admin console and operations state: config file path (RELOAD/SIGHUP), paused
     /// databases, SHOW STATS periods.
     pub admin: crate::admin::AdminState,
+    /// `max_buffered_bytes`: room for large client messages, shared by all clients.
+    pub input: crate::client::budget::InputBudget,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let (tx, rx) = watch::channel(false);
+        let input = crate::client::budget::InputBudget::new(config.general.max_buffered_bytes);
         Arc::new(App {
             config: RwLock::new(Arc::new(config)),
             pools: Mutex::new(HashMap::new()),
@@ -112,6 +115,7 @@ impl App {
             clients: AtomicUsize::new(0),
             shutdown_tx: tx,
             shutdown_rx: rx,
+            input,
             admin: crate::admin::AdminState::default(),
         })
     }

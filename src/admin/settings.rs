@@ -68,6 +68,7 @@ pub fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("shutdown_timeout", d(g.shutdown_timeout)),
         ("workers", g.workers.to_string()),
         ("max_message_size", g.max_message_size.to_string()),
+        ("max_buffered_bytes", g.max_buffered_bytes.to_string()),
         ("tcp_nodelay", g.tcp_nodelay.to_string()),
         ("admin_database", g.admin_database.clone()),
         ("admin_users", g.admin_users.join(",")),

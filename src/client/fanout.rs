@@ -220,7 +220,11 @@ impl Session {
     ) -> Result<(), End> {
         let db = self.ctx.db.clone();
         let in_tx = self.server.is_some() || self.deferred_begin.is_some();
-        let status = if in_tx { self.tx_status } else { b'I' };
+        let status = if in_tx {
+            self.pending.tx().byte()
+        } else {
+            b'I'
+        };
         if write && in_tx {
             self.client_error("0A000",
                 "a write transaction cannot touch more than one shard (two-phase commit across shards is not supported yet)",

@@ -90,7 +90,6 @@ impl Session {
                 }
             }
         }
-        self.batch_open = false;
         // Translate: named statements become the unnamed statement, prepared inline.
         let mut out = BytesMut::new();
         let mut units: Vec<(Unit, bool)> = Vec::new();
@@ -126,7 +125,7 @@ impl Session {
                                     String::from_utf8_lossy(&stmt)
                                 ),
                             );
-                            protocol::ready_for_query(&mut self.cout, self.tx_status);
+                            protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                             return Ok(());
                         };
                         protocol::parse_msg(&mut out, b"", &def.query, &def.param_types);
@@ -167,7 +166,7 @@ impl Session {
                 _ => {} // Flush: nothing to answer
             }
         }
-        let status = self.tx_status;
+        let status = self.pending.tx().byte();
         let db = self.ctx.db.clone();
         db.stats
             .fanout

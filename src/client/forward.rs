@@ -1,62 +1,18 @@
-//! Message-level forwarding between a client and its server.
-//!
-//! Owns: what happens to each client message (forwarded as is, rewritten to a shared
-//! prepared-statement name, answered by pgvane itself) and the queue of responses the server
-//! owes, so that answers pgvane synthesises (ParseComplete, CloseComplete) reach the client in
-//! exactly the order PostgreSQL would have sent them, and answers to statements pgvane
-//! injected (a Parse before a Bind on a server that lacks the statement) are swallowed.
+//! Client messages: what happens to each (forwarded as is, rewritten to a shared
+//! prepared-statement name, answered by pgvane itself), and what the server owes for it,
+//! recorded in the session's [`super::tracker::Pending`] so that answers pgvane synthesises
+//! (ParseComplete, CloseComplete) reach the client in exactly the order PostgreSQL would have
+//! sent them, and answers to messages pgvane injected are swallowed.
 //!
 //! Must not: block on anything but the pool checkout in `ensure_server`; decoding is limited
-//! to names, tags and status bytes (DataRow payloads are copied through untouched).
+//! to names, tags and status bytes. Server messages are handled in [`super::reply`].
 
 use bytes::Bytes;
 
 use super::session::{End, Session};
-use crate::config::PoolMode;
+use super::tracker::Owed;
 use crate::params::{self, SetCmd};
 use crate::protocol;
-
-/// A response the server owes for a message already sent, in order.
-#[derive(Debug)]
-pub enum Pending {
-    /// A simple Query; `set` is a SET/RESET to record if it succeeds.
-    Query {
-        set: Option<SetCmd>,
-        ok: bool,
-    },
-    /// Parse: `stmt` is the shared statement it prepares; `swallow` hides ParseComplete from
-    /// the client (pgvane injected it).
-    Parse {
-        stmt: Option<std::sync::Arc<super::prepared::StmtDef>>,
-        swallow: bool,
-    },
-    /// Bind; `stmt` is the shared statement (for a transparent re-prepare), `frame` the
-    /// client's original message, `retried` once it was replayed.
-    Bind {
-        stmt: Option<std::sync::Arc<super::prepared::StmtDef>>,
-        frame: Bytes,
-        retried: bool,
-    },
-    Describe {
-        frame: Bytes,
-    },
-    Execute {
-        set: Option<SetCmd>,
-        frame: Bytes,
-    },
-    /// A ReadyForQuery that answers a Sync the client already got an answer for.
-    SwallowReady,
-    Close {
-        id: Option<u64>,
-        swallow: bool,
-    },
-    Sync,
-    Function,
-    /// Messages pgvane answers itself, released once everything before them has answered.
-    Synthetic(Bytes),
-    /// A statement pgvane sent itself (a deferred BEGIN): its answers are swallowed.
-    Internal,
-}
 
 fn maybe_set(sql: &[u8]) -> Option<SetCmd> {
     let first = sql.iter().find(|b| !b.is_ascii_whitespace())?;
@@ -68,19 +24,17 @@ fn maybe_set(sql: &[u8]) -> Option<SetCmd> {
 }
 
 impl Session {
+    /// An answer of pgvane's own, in its place among the server's answers.
     pub(super) fn push_synthetic(&mut self, msg: Bytes) {
-        if self.pending.is_empty() {
+        if let Some(msg) = self.pending.synthetic(msg) {
             self.cout.extend_from_slice(&msg);
-        } else {
-            self.pending.push_back(Pending::Synthetic(msg));
         }
     }
 
-    fn drain_synthetic(&mut self) {
-        while let Some(Pending::Synthetic(_)) = self.pending.front() {
-            if let Some(Pending::Synthetic(msg)) = self.pending.pop_front() {
-                self.cout.extend_from_slice(&msg);
-            }
+    /// Release synthetic answers that are now next in line.
+    pub(super) fn drain_synthetic(&mut self) {
+        while let Some(msg) = self.pending.take_synthetic() {
+            self.cout.extend_from_slice(&msg);
         }
     }
 
@@ -94,13 +48,13 @@ impl Session {
             let mut name = Vec::with_capacity(24);
             crate::server::statement_name(victim, &mut name);
             protocol::target_msg(&mut self.sout, b'C', b'S', &name);
-            self.pending.push_back(Pending::Close {
+            self.pending.sent(Owed::Close {
                 id: Some(victim),
                 swallow: true,
             });
         }
         protocol::parse_msg(&mut self.sout, &def.name, &def.query, &def.param_types);
-        self.pending.push_back(Pending::Parse {
+        self.pending.sent(Owed::Parse {
             stmt: Some(def.clone()),
             swallow,
         });
@@ -130,12 +84,11 @@ impl Session {
             match tag {
                 b'S' => {
                     self.skip_until_sync = false;
-                    self.batch_open = false;
                     if self.server.is_some() {
                         self.sout.extend_from_slice(&frame);
-                        self.pending.push_back(Pending::Sync);
+                        self.pending.sent(Owed::Sync);
                     } else {
-                        protocol::ready_for_query(&mut self.cout, self.tx_status);
+                        protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                     }
                 }
                 b'X' => return Err(End::ClientGone),
@@ -150,7 +103,7 @@ impl Session {
                 if let Some(cmd) = crate::router::pgvane_command(&String::from_utf8_lossy(text)) {
                     let saved = std::mem::take(&mut self.cout);
                     Box::pin(self.pgvane_command(cmd)).await;
-                    protocol::ready_for_query(&mut self.cout, self.tx_status);
+                    protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                     let reply = std::mem::replace(&mut self.cout, saved).freeze();
                     self.push_synthetic(reply);
                     return Ok(());
@@ -164,34 +117,33 @@ impl Session {
                 }
                 let set = maybe_set(protocol::query_text(&frame)?);
                 self.sout.extend_from_slice(&frame);
-                self.pending.push_back(Pending::Query { set, ok: false });
+                self.pending.sent(Owed::Query { set, ok: false });
                 Ok(())
             }
             b'S' => {
-                self.batch_open = false;
                 if self.server.is_none() {
                     self.drain_synthetic();
-                    protocol::ready_for_query(&mut self.cout, self.tx_status);
-                } else if self.copy_in {
-                    // The server ignores Sync while it is in COPY IN mode.
-                    self.sout.extend_from_slice(&frame);
+                    protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                 } else {
+                    // (Ignored by the server in COPY IN mode; the tracker knows.)
                     self.sout.extend_from_slice(&frame);
-                    self.pending.push_back(Pending::Sync);
+                    self.pending.sent(Owed::Sync);
                 }
                 Ok(())
             }
             b'H' => {
                 if self.server.is_some() {
                     self.sout.extend_from_slice(&frame);
+                    self.pending.sent_flush();
                 }
                 Ok(())
             }
             b'd' | b'c' | b'f' => {
-                if tag != b'd' {
-                    self.copy_in = false;
-                }
+                // Outside COPY IN PostgreSQL ignores these; without a server nothing listens.
                 if self.server.is_some() {
+                    if tag != b'd' {
+                        self.pending.sent_copy_end();
+                    }
                     self.sout.extend_from_slice(&frame);
                 }
                 Ok(())
@@ -209,7 +161,7 @@ impl Session {
                     return Ok(());
                 }
                 self.sout.extend_from_slice(&frame);
-                self.pending.push_back(Pending::Close {
+                self.pending.sent(Owed::Close {
                     id: None,
                     swallow: false,
                 });
@@ -246,7 +198,7 @@ impl Session {
     /// smaller than the client count.
     fn answer_known_parse(&mut self, frame: &Bytes) -> Result<bool, End> {
         let p = protocol::parse_parse(frame)?;
-        if p.name.is_empty() || self.tx_status != b'I' {
+        if p.name.is_empty() || self.pending.tx() != super::tracker::TxStatus::Idle {
             return Ok(false);
         }
         let reg = super::prepared::registry();
@@ -275,8 +227,7 @@ impl Session {
         }
     }
 
-    fn forward_extended(&mut self, frame: Bytes) -> Result<(), End> {
-        self.batch_open = true;
+    pub(super) fn forward_extended(&mut self, frame: Bytes) -> Result<(), End> {
         match frame[0] {
             b'P' => {
                 let p = protocol::parse_parse(&frame)?;
@@ -294,7 +245,7 @@ impl Session {
                         self.unnamed_set = set;
                     }
                     self.sout.extend_from_slice(&frame);
-                    self.pending.push_back(Pending::Parse {
+                    self.pending.sent(Owed::Parse {
                         stmt: None,
                         swallow: false,
                     });
@@ -332,7 +283,7 @@ impl Session {
                     }
                 }
                 let retried = self.replaying;
-                self.pending.push_back(Pending::Bind {
+                self.pending.sent(Owed::Bind {
                     stmt,
                     frame,
                     retried,
@@ -348,334 +299,20 @@ impl Session {
                 } else {
                     self.sout.extend_from_slice(&frame);
                 }
-                self.pending.push_back(Pending::Describe { frame });
+                self.pending.sent(Owed::Describe { frame });
             }
             b'E' => {
                 self.sout.extend_from_slice(&frame);
                 let set = self.bound_set.take();
-                self.pending.push_back(Pending::Execute { set, frame });
+                self.pending.sent(Owed::Execute { set, frame });
             }
             _ => {
                 // 'F' FunctionCall: answered like a simple query, with ReadyForQuery.
                 self.sout.extend_from_slice(&frame);
-                self.pending.push_back(Pending::Function);
+                self.pending.sent(Owed::Function);
             }
         }
         Ok(())
-    }
-
-    /// Record a successful SET/RESET: the client keeps it, and this server now has it.
-    fn apply_set(&mut self, cmd: SetCmd) {
-        if let Some(server) = self.server.as_mut() {
-            match &cmd {
-                SetCmd::Set { name, sql } => {
-                    server.params.set(name, params::Setting::Sql(sql.clone()))
-                }
-                SetCmd::Reset(name) => server.params.remove(name),
-                SetCmd::ResetAll => server.params.clear(),
-            }
-        }
-        match cmd {
-            SetCmd::Set { name, sql } => self.session_params.set(&name, params::Setting::Sql(sql)),
-            SetCmd::Reset(name) => self.session_params.remove(&name),
-            SetCmd::ResetAll => self.session_params.clear(),
-        }
-        self.effective = self.ctx.startup.overlay(&self.session_params);
-    }
-
-    /// Handle one server message.
-    pub(super) fn on_server_frame(&mut self, frame: Bytes) -> Result<(), End> {
-        let tag = frame[0];
-        tracing::trace!(tag = %(tag as char), len = frame.len(), pending = ?self.pending.front(), "server message");
-        if matches!(tag, b'N' | b'A' | b'S') {
-            self.cout.extend_from_slice(&frame);
-            return Ok(());
-        }
-        self.drain_synthetic();
-        if tag == b'E' {
-            self.copy_in = false;
-            return self.on_server_error(frame);
-        }
-        if tag == b'T' {
-            if std::mem::take(&mut self.skip_row_description) {
-                // The retried read's RowDescription: the client already has it.
-                return Ok(());
-            }
-            if self.retry_frame.is_some() {
-                self.row_description_sent = true;
-            }
-        } else {
-            self.forwarded += 1;
-        }
-        if tag == b'G' {
-            // COPY FROM STDIN: Syncs the client pipelined after Execute are ignored by the
-            // server until CopyDone/CopyFail, so they get no ReadyForQuery.
-            self.copy_in = true;
-            let head = self.pending.pop_front();
-            self.pending.retain(|p| !matches!(p, Pending::Sync));
-            if let Some(h) = head {
-                self.pending.push_front(h);
-            }
-        }
-        let Some(head) = self.pending.front_mut() else {
-            tracing::warn!(tag = %(tag as char), "server message with nothing pending: retiring the server");
-            // Nothing was asked: a protocol desync. Forward and retire the connection.
-            self.cout.extend_from_slice(&frame);
-            if let Some(s) = self.server.as_mut() {
-                s.broken = true;
-            }
-            return Ok(());
-        };
-        let mut forward = true;
-        let mut done = false;
-        match head {
-            Pending::Query { set, ok } => match tag {
-                b'C' => {
-                    let t = protocol::command_tag(&frame);
-                    if set.is_some() && (t == b"SET" || t == b"RESET") {
-                        *ok = true;
-                    }
-                    self.note_tag(&frame);
-                }
-                b'Z' => done = true,
-                _ => {}
-            },
-            Pending::Parse { swallow, stmt } => {
-                forward = !*swallow;
-                done = tag == b'1';
-                if let (true, Some(def)) = (done, stmt.as_ref()) {
-                    def.validated
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            Pending::Bind { .. } => done = tag == b'2',
-            Pending::Describe { .. } => done = matches!(tag, b'T' | b'n'),
-            Pending::Execute { set, .. } => {
-                done = matches!(tag, b'C' | b'I' | b's');
-                if tag == b'C' {
-                    let t = protocol::command_tag(&frame);
-                    if t == b"SET" || t == b"RESET" {
-                        if let Some(cmd) = set.take() {
-                            self.note_tag(&frame);
-                            self.cout.extend_from_slice(&frame);
-                            self.pending.pop_front();
-                            self.apply_set(cmd);
-                            self.drain_synthetic();
-                            return Ok(());
-                        }
-                    }
-                    self.note_tag(&frame);
-                }
-            }
-            Pending::Close { swallow, .. } => {
-                forward = !*swallow;
-                done = tag == b'3';
-            }
-            Pending::Sync | Pending::Function | Pending::SwallowReady => done = tag == b'Z',
-            Pending::Internal => forward = false,
-            Pending::Synthetic(_) => {}
-        }
-        if tag == b'Z' {
-            return self.on_ready_for_query(frame);
-        }
-        if forward {
-            self.cout.extend_from_slice(&frame);
-        }
-        if done {
-            self.pending.pop_front();
-            self.drain_synthetic();
-        }
-        Ok(())
-    }
-
-    fn note_tag(&mut self, frame: &[u8]) {
-        if let Some(s) = self.server.as_mut() {
-            s.note_command_complete(frame);
-        }
-        if protocol::command_tag(frame) == b"DISCARD ALL" {
-            self.session_params.clear();
-            self.effective = self.ctx.startup.clone();
-        }
-    }
-
-    fn on_ready_for_query(&mut self, frame: Bytes) -> Result<(), End> {
-        self.retry_frame = None;
-        let status = frame.get(5).copied().unwrap_or(b'I');
-        if let Some(Pending::Query { set, ok }) = self.pending.front_mut() {
-            if *ok {
-                if let Some(cmd) = set.take() {
-                    self.pending.pop_front();
-                    self.apply_set(cmd);
-                    return self.finish_ready(frame, status);
-                }
-            }
-        }
-        match self.pending.front() {
-            Some(Pending::SwallowReady | Pending::Internal) => {
-                self.pending.pop_front();
-                self.tx_status = status;
-                return Ok(());
-            }
-            Some(Pending::Query { .. } | Pending::Sync | Pending::Function) => {
-                self.pending.pop_front();
-                self.queries += 1;
-            }
-            _ => {
-                tracing::warn!(pending = ?self.pending, "ReadyForQuery without a pending Sync: retiring the server");
-                if let Some(s) = self.server.as_mut() {
-                    s.broken = true;
-                }
-            }
-        }
-        self.finish_ready(frame, status)
-    }
-
-    fn finish_ready(&mut self, frame: Bytes, status: u8) -> Result<(), End> {
-        self.tx_status = status;
-        if self.ctx.mode == PoolMode::Statement && status != b'I' {
-            // Statement pooling cannot hold a server across statements: abort the transaction
-            // by closing the server, and tell the client why.
-            if let Some(s) = self.server.as_mut() {
-                s.broken = true;
-            }
-            self.server = None;
-            self.tx_status = b'I';
-            self.client_error(
-                "0A000",
-                "transaction blocks are not allowed in statement pooling mode",
-            );
-            protocol::ready_for_query(&mut self.cout, b'I');
-            self.pending.clear();
-            return Ok(());
-        }
-        self.cout.extend_from_slice(&frame);
-        self.drain_synthetic();
-        Ok(())
-    }
-
-    fn on_server_error(&mut self, frame: Bytes) -> Result<(), End> {
-        let fields = protocol::parse_error(&frame);
-        let fatal = fields.severity == "FATAL" || fields.severity == "PANIC";
-        if fatal && self.retry_read() {
-            return Ok(());
-        }
-        self.forwarded += 1;
-        crate::metrics::count_error(&self.ctx.database, &fields.code);
-        if !fatal && self.try_reprepare(&fields) {
-            return Ok(());
-        }
-        if fatal {
-            // The server is going away; the client keeps its pgvane connection.
-            protocol::downgrade_fatal(&frame, &mut self.cout);
-            if let Some(s) = self.server.as_mut() {
-                s.broken = true;
-            }
-        } else {
-            self.cout.extend_from_slice(&frame);
-        }
-        match self.pending.front_mut() {
-            Some(Pending::Query { ok, .. }) => *ok = false,
-            Some(Pending::Sync | Pending::Function | Pending::SwallowReady | Pending::Internal)
-            | None => {}
-            Some(_) => {
-                // Extended protocol: the server skips everything up to Sync.
-                while let Some(p) = self.pending.front() {
-                    if matches!(
-                        p,
-                        Pending::Sync
-                            | Pending::Query { .. }
-                            | Pending::Function
-                            | Pending::SwallowReady
-                    ) {
-                        break;
-                    }
-                    let p = self.pending.pop_front();
-                    if let Some(server) = self.server.as_mut() {
-                        match p {
-                            Some(Pending::Parse {
-                                stmt: Some(def), ..
-                            }) => server.prepared.remove(def.id),
-                            Some(Pending::Close { id: Some(id), .. }) => {
-                                server.prepared.insert(id, 0);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
-        if fatal {
-            self.server_lost(false);
-        }
-        Ok(())
-    }
-}
-
-impl Session {
-    /// A shared statement went stale on this server (a schema change altered its result
-    /// type, or the server lost it): outside an explicit transaction, prepare it again and
-    /// replay the client's messages from the failing Bind, once, so the client never sees it.
-    fn try_reprepare(&mut self, fields: &protocol::ErrorFields) -> bool {
-        let stale = (fields.code == "0A000"
-            && fields
-                .message
-                .contains("cached plan must not change result type"))
-            || (fields.code == "26000" && fields.message.contains("pgvane_"));
-        if !stale || self.tx_status != b'I' {
-            return false;
-        }
-        let Some(Pending::Bind {
-            stmt: Some(def),
-            retried: false,
-            ..
-        }) = self.pending.front()
-        else {
-            return false;
-        };
-        let def = def.clone();
-        // Everything up to the Sync was skipped by the server; only Bind/Describe/Execute can
-        // be replayed safely.
-        let mut frames = Vec::new();
-        let mut found_sync = false;
-        for p in self.pending.iter() {
-            match p {
-                Pending::Bind { frame, .. }
-                | Pending::Describe { frame }
-                | Pending::Execute { frame, .. } => frames.push(frame.clone()),
-                Pending::Sync => {
-                    found_sync = true;
-                    break;
-                }
-                _ => return false,
-            }
-        }
-        if !found_sync {
-            return false;
-        }
-        while let Some(p) = self.pending.pop_front() {
-            if matches!(p, Pending::Sync) {
-                break;
-            }
-        }
-        tracing::debug!(statement = %String::from_utf8_lossy(&def.name), "re-preparing stale statement");
-        self.pending.push_front(Pending::SwallowReady);
-        if let Some(server) = self.server.as_mut() {
-            server.prepared.remove(def.id);
-        }
-        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
-        self.pending.push_back(Pending::Close {
-            id: None,
-            swallow: true,
-        });
-        self.replaying = true;
-        for f in frames {
-            // Frames were valid the first time; a failure here cannot happen.
-            let _ = self.forward_extended(f);
-        }
-        self.replaying = false;
-        protocol::sync(&mut self.sout);
-        self.pending.push_back(Pending::Sync);
-        true
     }
 }
 

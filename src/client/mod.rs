@@ -7,12 +7,15 @@
 //! Must not: touch server connections except to learn a backend's reported parameters; all
 //! statement traffic belongs to the session.
 
+pub mod budget;
 mod fanout;
 mod fanout_ext;
 mod forward;
 pub mod prepared;
+mod reply;
 mod route;
 mod session;
+pub mod tracker;
 
 pub use fanout::{merge_responses, merge_tags};
 pub use route::{choose_role, Role, RoleContext};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::session::{End, Session};
+use super::tracker::TxStatus;
 use crate::config::ReadAfterWrite;
 use crate::database::TableName;
 use crate::protocol;
@@ -721,21 +722,23 @@ impl Session {
                     });
                     protocol::command_complete(&mut self.cout, "BEGIN");
                     protocol::ready_for_query(&mut self.cout, b'T');
-                    self.tx_status = b'T';
+                    self.pending.set_tx(TxStatus::InBlock);
                     return Ok(false);
                 }
                 StatementKind::Commit | StatementKind::Rollback
                     if self.deferred_begin.is_some() =>
                 {
                     self.deferred_begin = None;
-                    let tag = if matches!(a.kind, StatementKind::Commit) && self.tx_status != b'E' {
+                    let tag = if matches!(a.kind, StatementKind::Commit)
+                        && self.pending.tx() != TxStatus::Failed
+                    {
                         "COMMIT"
                     } else {
                         "ROLLBACK"
                     };
                     protocol::command_complete(&mut self.cout, tag);
                     protocol::ready_for_query(&mut self.cout, b'I');
-                    self.tx_status = b'I';
+                    self.pending.set_tx(TxStatus::Idle);
                     return Ok(false);
                 }
                 _ => {}
@@ -754,7 +757,7 @@ impl Session {
                     self.row_description_sent = false;
                 }
                 if !self.ensure_server_for(Some(t)).await? {
-                    protocol::ready_for_query(&mut self.cout, self.tx_status);
+                    protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                     return Ok(false);
                 }
                 Ok(true)
@@ -771,9 +774,9 @@ impl Session {
             Plan::Reject(code, msg) => {
                 self.client_error(code, &msg);
                 if self.deferred_begin.is_some() {
-                    self.tx_status = b'E';
+                    self.pending.set_tx(TxStatus::Failed);
                 }
-                protocol::ready_for_query(&mut self.cout, self.tx_status);
+                protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                 Ok(false)
             }
         }
@@ -786,7 +789,7 @@ impl Session {
             "this transaction is bound to one shard; the statement needs another"
         };
         self.client_error("0A000", msg);
-        protocol::ready_for_query(&mut self.cout, self.tx_status);
+        protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
         Ok(false)
     }
 

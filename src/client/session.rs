@@ -9,7 +9,7 @@
 //! Must not: interpret messages beyond what [`super::forward`] does, or choose backends itself;
 //! the pool to use comes from [`Session::target_pool`], the single place routing plugs in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +17,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::forward::Pending;
 use super::prepared::StmtDef;
 use super::route::{DeferredBegin, Role, Target};
+use super::tracker::{Owed, Pending, TxStatus};
 use crate::app::{
     App, CancelSlot, CancelTarget, ClientInfo, DbPools, CLIENT_ACTIVE, CLIENT_IDLE, CLIENT_WAITING,
 };
@@ -54,6 +54,8 @@ pub enum End {
     ClientGone,
     /// Send this FATAL error, then close.
     Fatal(&'static str, String),
+    /// Close after flushing what is queued for the client (a server's FATAL, forwarded).
+    Closed,
 }
 
 impl From<protocol::ProtocolError> for End {
@@ -73,10 +75,9 @@ pub struct Session {
     /// Bytes to write to the server.
     pub(super) sout: BytesMut,
     pub(super) server: Option<PooledConn>,
-    /// Responses the server still owes, in order, with what to do with each.
-    pub(super) pending: VecDeque<Pending>,
-    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
-    pub(super) tx_status: u8,
+    /// Responses the held server still owes, and the transaction status the client was last
+    /// told: the one place that decides whether a server may be reused.
+    pub(super) pending: Pending,
     /// Prepared statements rewritten to shared names (transaction/statement mode).
     pub(super) rewrite: bool,
     pub(super) stmts: HashMap<Vec<u8>, Arc<StmtDef>>,
@@ -92,8 +93,6 @@ pub struct Session {
     pub(super) max_message: usize,
     /// True while pgvane replays a client's messages after re-preparing a stale statement.
     pub(super) replaying: bool,
-    /// The server is in COPY IN mode (between CopyInResponse and CopyDone/CopyFail).
-    pub(super) copy_in: bool,
     /// Statements are analyzed and routed (read/write split or sharding is on).
     pub(super) routing: bool,
     /// Where the held server came from.
@@ -120,8 +119,6 @@ pub struct Session {
     pub(super) queries: u64,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
-    /// Extended-protocol messages were sent since the last Sync.
-    pub(super) batch_open: bool,
     /// The batch being routed only prepares or describes a statement.
     pub(super) describe_only: bool,
     /// A read sent to a replica outside a transaction, kept until its first answer so that
@@ -137,6 +134,8 @@ pub struct Session {
     pub(super) skip_row_description: bool,
     /// The batch just routed was run as an extended-protocol fan-out.
     pub(super) fanned_out: bool,
+    /// Room reserved in `max_buffered_bytes` for the large message being read.
+    pub(super) input_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
@@ -152,8 +151,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         cout: BytesMut::new(),
         sout: BytesMut::new(),
         server: None,
-        pending: VecDeque::new(),
-        tx_status: b'I',
+        pending: Pending::new(),
         rewrite,
         stmts: HashMap::new(),
         session_params: Params::default(),
@@ -163,7 +161,6 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         bound_set: None,
         max_message,
         replaying: false,
-        copy_in: false,
         routing,
         held: None,
         route: RouteSetting::Auto,
@@ -180,7 +177,6 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         queries: 0,
         bytes_in: 0,
         bytes_out: 0,
-        batch_open: false,
         describe_only: false,
         retry_frame: None,
         forwarded: 0,
@@ -189,6 +185,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         row_description_sent: false,
         skip_row_description: false,
         fanned_out: false,
+        input_permit: None,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
@@ -224,6 +221,7 @@ impl Session {
             if self.cin.is_empty() && self.cin.capacity() > 64 * 1024 && self.server.is_none() {
                 self.cin = BytesMut::new();
             }
+            self.hold_input_budget().await?;
             if self.server.is_none() && *shutdown.borrow() {
                 return Err(End::Fatal("57P01", "pgvane is shutting down".into()));
             }
@@ -264,7 +262,7 @@ impl Session {
             if server.rbuf.capacity() - server.rbuf.len() < 4096 {
                 server.rbuf.reserve(SERVER_READ_CHUNK);
             }
-            let waiting_in_tx = self.tx_status != b'I' && self.pending.is_empty();
+            let waiting_in_tx = self.pending.tx() != TxStatus::Idle && self.pending.is_empty();
             let deadline = (waiting_in_tx && !idle_tx.is_zero()).then(|| Instant::now() + idle_tx);
             tokio::select! {
                 r = self.client.read_buf(&mut self.cin) => {
@@ -273,7 +271,7 @@ impl Session {
                 r = server.stream.read_buf(&mut server.rbuf) => {
                     match r {
                         Ok(n) if n > 0 => self.on_server_data()?,
-                        _ => self.server_lost(true),
+                        _ => self.server_lost(true)?,
                     }
                 }
                 _ = sleep_until(deadline) => {
@@ -301,7 +299,7 @@ impl Session {
         let on_replica = matches!(&self.held, Some(t) if t.role == Role::Replica);
         let untouched = self.forwarded == self.retry_mark
             && self.pending.len() == 1
-            && matches!(self.pending.front(), Some(Pending::Query { .. }));
+            && matches!(self.pending.front(), Some(Owed::Query { .. }));
         if !on_replica || !untouched {
             return false;
         }
@@ -324,8 +322,7 @@ impl Session {
             drop(conn);
         }
         self.clear_cancel();
-        self.pending.clear();
-        self.tx_status = b'I';
+        self.pending = Pending::new();
         self.force_primary = true;
         self.skip_row_description = std::mem::take(&mut self.row_description_sent);
         let mut cin = BytesMut::with_capacity(frame.len() + self.cin.len());
@@ -341,8 +338,8 @@ impl Session {
     fn must_wait_for_server(&self) -> bool {
         self.routing
             && self.server.is_some()
-            && self.tx_status == b'I'
-            && !self.batch_open
+            && self.pending.tx() == TxStatus::Idle
+            && !self.pending.open_batch()
             && !self.pending.is_empty()
             && matches!(
                 self.cin.first(),
@@ -362,8 +359,7 @@ impl Session {
                     Ok(None) => return Ok(()),
                     Err(e) => {
                         tracing::warn!(error = %e, "server protocol error");
-                        self.server_lost(true);
-                        return Ok(());
+                        return self.server_lost(true);
                     }
                 };
             self.on_server_frame(frame)?;
@@ -378,11 +374,40 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             if server.stream.write_all(&self.sout).await.is_err() {
                 self.sout.clear();
-                self.server_lost(true);
-                return Ok(());
+                return self.server_lost(true);
             }
         }
         self.sout.clear();
+        if self.sout.capacity() > 1024 * 1024 {
+            self.sout = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// A large message is arriving: reserve its room in `max_buffered_bytes` before reading
+    /// it (waiting for other clients' large messages to pass), and give the room back once
+    /// it has been forwarded.
+    async fn hold_input_budget(&mut self) -> Result<(), End> {
+        match super::budget::large_message_at(&self.cin) {
+            Some(len) if self.input_permit.is_none() => {
+                let wait = self.ctx.config.general.query_wait_timeout;
+                match self.app.input.reserve(len, wait).await {
+                    Ok(p) => self.input_permit = Some(p),
+                    Err(e) => {
+                        crate::metrics::count_error(&self.ctx.database, "53200");
+                        return Err(End::Fatal("53200", e.message()));
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                if self.input_permit.take().is_some() && self.cin.capacity() > 1024 * 1024 {
+                    let mut small = BytesMut::with_capacity(self.cin.len().max(READ_CHUNK));
+                    small.extend_from_slice(&self.cin);
+                    self.cin = small;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -426,57 +451,49 @@ impl Session {
             .info
             .state
             .store(CLIENT_WAITING, std::sync::atomic::Ordering::Relaxed);
-        let mut conn = loop {
+        let conn = loop {
             let pool = self.pool_for(target.as_ref());
             let got = Box::pin(pool.get()).await;
             self.ctx
                 .info
                 .state
                 .store(CLIENT_IDLE, std::sync::atomic::Ordering::Relaxed);
-            match got {
-                Ok(c) => break c,
-                Err(e) => {
-                    // A replica that cannot be reached: count it against the replica and
-                    // send the read to the primary instead.
-                    if let Some(t) = target.as_mut().filter(|t| t.role == Role::Replica) {
-                        if let (Some(i), Some(sr)) =
-                            (t.replica, self.ctx.db.shards.get(t.shard as usize))
-                        {
-                            if let (Some(b), crate::pool::PoolError::Connect(_)) =
-                                (sr.state.replicas.get(i), &e)
-                            {
-                                b.record_failure(&self.ctx.db.repl);
-                            }
-                        }
-                        t.role = Role::Primary;
-                        t.replica = None;
-                        t.reason = format!("replica unavailable ({e})").into();
-                        continue;
+            let failure = match got {
+                Ok(mut c) => {
+                    if Box::pin(self.apply_settings(&mut c)).await {
+                        break c;
                     }
-                    let (code, msg) = e.sqlstate();
-                    tracing::debug!(%msg, "checkout failed");
-                    self.client_error(code, &msg);
-                    return Ok(false);
-                }
-            }
-        };
-        if let Some(sql) = params::sync_sql(&self.effective, &conn.params) {
-            match Box::pin(conn.run_internal(&sql)).await {
-                Ok(None) if !conn.broken => conn.params = self.effective.clone(),
-                Ok(Some(err)) if !conn.broken => {
-                    tracing::warn!(code = %err.code, msg = %err.message, "applying client settings failed");
-                    conn.params = self.effective.clone();
-                }
-                _ => {
-                    self.client_error(
+                    drop(c);
+                    (
                         "08006",
-                        "server connection failed while applying session settings",
-                    );
-                    drop(conn);
-                    return Ok(false);
+                        "server connection failed while applying session settings".to_string(),
+                        true,
+                    )
                 }
+                Err(e) => {
+                    let (code, msg) = e.sqlstate();
+                    let counts = matches!(e, crate::pool::PoolError::Connect(_));
+                    (code, msg, counts)
+                }
+            };
+            // A replica that cannot serve: count it against the replica and send the read
+            // to the primary instead (nothing has reached the client yet).
+            if let Some(t) = target.as_mut().filter(|t| t.role == Role::Replica) {
+                if let (Some(i), Some(sr)) = (t.replica, self.ctx.db.shards.get(t.shard as usize))
+                {
+                    if let (Some(b), true) = (sr.state.replicas.get(i), failure.2) {
+                        b.record_failure(&self.ctx.db.repl);
+                    }
+                }
+                t.role = Role::Primary;
+                t.replica = None;
+                t.reason = format!("replica unavailable ({})", failure.1).into();
+                continue;
             }
-        }
+            tracing::debug!(msg = %failure.1, "checkout failed");
+            self.client_error(failure.0, &failure.1);
+            return Ok(false);
+        };
         if let Ok(mut slot) = self.ctx.cancel_slot.lock() {
             *slot = Some(CancelTarget {
                 addr: conn.addr.clone(),
@@ -507,7 +524,7 @@ impl Session {
                 }
             }
         }
-        self.tx_status = b'I';
+        self.pending = Pending::new();
         self.server = Some(conn);
         self.held = target;
         self.ctx
@@ -518,16 +535,32 @@ impl Session {
         if let Some(begin) = self.deferred_begin.take() {
             // The transaction's first statement chose this server: open the transaction here.
             protocol::query(&mut self.sout, &String::from_utf8_lossy(&begin.sql));
-            self.pending.push_back(Pending::Internal);
-            self.tx_status = b'T';
+            self.pending.sent(Owed::Internal);
+            self.pending.set_tx(TxStatus::InBlock);
         }
         Ok(true)
     }
 
+    /// Bring a checked-out server's settings in line with the client's. False: the server
+    /// failed meanwhile (it is broken and must be dropped).
+    async fn apply_settings(&self, conn: &mut PooledConn) -> bool {
+        let Some(sql) = params::sync_sql(&self.effective, &conn.params) else {
+            return true;
+        };
+        match conn.run_internal(&sql).await {
+            Ok(None) if !conn.broken => conn.params = self.effective.clone(),
+            Ok(Some(err)) if !conn.broken => {
+                tracing::warn!(code = %err.code, msg = %err.message, "applying client settings failed");
+                conn.params = self.effective.clone();
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Give the server back when the pool mode allows it.
     async fn maybe_release(&mut self) {
-        if self.ctx.mode == PoolMode::Session || !self.pending.is_empty() || self.tx_status != b'I'
-        {
+        if self.ctx.mode == PoolMode::Session || !self.pending.reusable() {
             return;
         }
         if self.server.is_none() {
@@ -577,41 +610,55 @@ impl Session {
         }
     }
 
+    /// Drop the held server (closed, never reused) and forget what it owed.
+    pub(super) fn drop_server(&mut self) {
+        if let Some(conn) = self.server.take() {
+            self.clear_cancel();
+            drop(conn);
+        }
+        self.held = None;
+        self.pending = Pending::new();
+    }
+
     /// The server connection failed: drop it and answer every outstanding request of the
     /// client. `announce` sends an error first (not needed when the server's own FATAL was
-    /// already forwarded).
-    pub(super) fn server_lost(&mut self, announce: bool) {
+    /// already forwarded). When the server held the client's session (session pooling or a
+    /// transaction block) the client's connection ends too, as it would with PostgreSQL:
+    /// running its next statement elsewhere would silently lose its session or transaction.
+    pub(super) fn server_lost(&mut self, announce: bool) -> Result<(), End> {
         if self.retry_read() {
-            return;
+            return Ok(());
         }
-        let Some(conn) = self.server.take() else {
-            return;
-        };
-        self.clear_cancel();
-        drop(conn);
-        let had_work = !self.pending.is_empty() || self.tx_status != b'I';
-        if had_work && announce {
+        if self.server.is_none() {
+            return Ok(());
+        }
+        let the_session = self.server_is_the_session();
+        let (readies, outstanding) = self.pending.abandon();
+        self.drop_server();
+        if the_session {
+            return Err(if announce {
+                End::Fatal(
+                    "08006",
+                    "server closed the connection unexpectedly; the session's server is gone"
+                        .into(),
+                )
+            } else {
+                End::Closed
+            });
+        }
+        if (readies > 0 || outstanding) && announce {
             self.client_error(
                 "08006",
                 "server connection lost; the current transaction was rolled back",
             );
         }
-        let mut syncs = 0;
-        let mut outstanding = false;
-        for p in self.pending.drain(..) {
-            match p {
-                Pending::Sync | Pending::Query { .. } | Pending::Function => syncs += 1,
-                Pending::Synthetic(_) => {}
-                _ => outstanding = true,
-            }
-        }
-        for _ in 0..syncs {
+        for _ in 0..readies {
             protocol::ready_for_query(&mut self.cout, b'I');
         }
-        if outstanding && syncs == 0 {
+        if outstanding && readies == 0 {
             self.skip_until_sync = true;
         }
-        self.tx_status = b'I';
+        Ok(())
     }
 
     async fn finish(mut self, end: End) {
@@ -621,7 +668,7 @@ impl Session {
         let _ = self.flush_client().await;
         if let Some(mut conn) = self.server.take() {
             self.clear_cancel();
-            let clean = self.pending.is_empty() && self.tx_status == b'I' && !conn.broken;
+            let clean = self.pending.reusable() && !conn.broken;
             if clean {
                 let reset = self.ctx.config.general.server_reset_query.clone();
                 if self.ctx.mode == PoolMode::Session && !reset.is_empty() {

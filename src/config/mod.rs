@@ -198,6 +198,9 @@ pub struct General {
     pub workers: usize,
     /// Frames larger than this are rejected with SQLSTATE 08P01.
     pub max_message_size: usize,
+    /// All clients' large messages being read at once may hold at most this many bytes;
+    /// beyond it a new large message waits (query_wait_timeout), then fails with 53200.
+    pub max_buffered_bytes: usize,
     pub tcp_nodelay: bool,
     pub admin_database: String,
     pub admin_users: Vec<String>,
@@ -231,6 +234,7 @@ impl Default for General {
             shutdown_timeout: Duration::from_secs(30),
             workers: 0,
             max_message_size: 256 * 1024 * 1024,
+            max_buffered_bytes: 512 * 1024 * 1024,
             tcp_nodelay: true,
             admin_database: "pgvane".to_string(),
             admin_users: Vec::new(),

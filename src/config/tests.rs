@@ -57,6 +57,7 @@ fn defaults() {
     assert_eq!(g.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(g.workers, 0);
     assert_eq!(g.max_message_size, 268_435_456);
+    assert_eq!(g.max_buffered_bytes, 536_870_912);
     assert!(g.tcp_nodelay);
     assert_eq!(g.admin_database, "pgvane");
     assert!(g.admin_users.is_empty() && g.stats_users.is_empty());
@@ -117,6 +118,7 @@ fn example_file_is_valid_and_complete() {
         "shutdown_timeout",
         "workers",
         "max_message_size",
+        "max_buffered_bytes",
         "tcp_nodelay",
         "admin_database",
         "admin_users",
@@ -308,6 +310,10 @@ fn general_validation() {
     assert_err(
         &with_general("max_message_size = 1023"),
         &["general.max_message_size"],
+    );
+    assert_err(
+        &with_general("max_buffered_bytes = 1048576"),
+        &["general.max_buffered_bytes"],
     );
     assert_err(
         &with_general("admin_users = [\"root\"]"),

@@ -37,6 +37,12 @@ fn general(c: &Config, errs: &mut Vec<String>) {
     if g.max_client_conn < 1 {
         errs.push("general.max_client_conn: must be at least 1".to_string());
     }
+    if g.max_buffered_bytes < g.max_message_size {
+        errs.push(format!(
+            "general.max_buffered_bytes: {} is smaller than general.max_message_size ({}): a message of the maximum size could never be read",
+            g.max_buffered_bytes, g.max_message_size
+        ));
+    }
     if g.max_message_size < 1024 {
         errs.push(format!(
             "general.max_message_size: {} is too small, must be at least 1024",

@@ -15,6 +15,7 @@ pub mod client;
 pub mod pg;
 pub mod pgvane;
 pub mod util;
+pub mod wire;
 
 pub use client::{connect, psql_cmd, try_connect};
 pub use pg::{

@@ -1,0 +1,282 @@
+//! Server messages: applying the tracker's decision for each one.
+//!
+//! Owns: forwarding or swallowing each server message as [`super::tracker::Pending`] decides,
+//! the side effects of completed answers (a SET that took effect, a statement a server
+//! accepted), errors (transparent re-prepare of stale shared statements, prepared-statement
+//! caches after skipped messages), a server that dies (FATAL or a closed socket), statement
+//! pooling's no-transaction rule, and a server out of step (closed, client told 08P01).
+//!
+//! Must not: do I/O (the session loop flushes), or decide routing.
+
+use bytes::Bytes;
+
+use super::session::{End, Session};
+use super::tracker::{Desync, Owed, Step, TxStatus};
+use crate::config::PoolMode;
+use crate::params::{self, SetCmd};
+use crate::protocol;
+
+impl Session {
+    /// Handle one server message.
+    pub(super) fn on_server_frame(&mut self, frame: Bytes) -> Result<(), End> {
+        let tag = frame[0];
+        tracing::trace!(tag = %(tag as char), len = frame.len(), pending = ?self.pending.front(), "server message");
+        self.drain_synthetic();
+        if tag == b'E' {
+            let fields = protocol::parse_error(&frame);
+            if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                return self.on_server_fatal(frame, &fields);
+            }
+        }
+        let step = match self.pending.on_server(&frame) {
+            Ok(s) => s,
+            Err(Desync(why)) => return Err(self.desync(&why)),
+        };
+        match step {
+            Step::Forward => {
+                if tag == b'C' {
+                    self.note_tag(&frame);
+                }
+                self.forward(frame);
+            }
+            Step::Swallow => {}
+            Step::ForwardDone(owed) => {
+                self.completed(owed, &frame);
+                self.forward(frame);
+            }
+            Step::SwallowDone(owed) => self.completed(owed, &frame),
+            Step::Error { skipped } => self.on_server_error(frame, skipped),
+            Step::Ready {
+                owed,
+                status,
+                forward,
+            } => self.on_ready(frame, owed, status, forward),
+        }
+        self.drain_synthetic();
+        Ok(())
+    }
+
+    /// The server answered something it was not asked: it is closed, and so is the client,
+    /// whose answers can no longer be matched to its requests.
+    fn desync(&mut self, why: &str) -> End {
+        tracing::warn!(
+            user = %self.ctx.user,
+            database = %self.ctx.database,
+            reason = %why,
+            "server connection out of step: closing it and the client"
+        );
+        if let Some(s) = self.server.as_mut() {
+            s.broken = true;
+        }
+        End::Fatal(
+            "08P01",
+            "pgvane lost track of the server's responses; the connection is closed".into(),
+        )
+    }
+
+    /// Pass a server message to the client, with the bookkeeping of a replica read's retry.
+    fn forward(&mut self, frame: Bytes) {
+        if frame[0] == b'T' {
+            if std::mem::take(&mut self.skip_row_description) {
+                // The retried read's RowDescription: the client already has it.
+                return;
+            }
+            if self.retry_frame.is_some() {
+                self.row_description_sent = true;
+            }
+        } else if !matches!(frame[0], b'N' | b'S' | b'A') {
+            self.forwarded += 1;
+        }
+        self.cout.extend_from_slice(&frame);
+    }
+
+    /// Side effects of a completed answer.
+    fn completed(&mut self, owed: Owed, frame: &[u8]) {
+        match owed {
+            Owed::Parse {
+                stmt: Some(def), ..
+            } => def
+                .validated
+                .store(true, std::sync::atomic::Ordering::Relaxed),
+            Owed::Execute { set, .. } if frame[0] == b'C' => {
+                self.note_tag(frame);
+                let t = protocol::command_tag(frame);
+                if let (Some(cmd), true) = (set, t == b"SET" || t == b"RESET") {
+                    self.apply_set(cmd);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Record a successful SET/RESET: the client keeps it, and this server now has it.
+    fn apply_set(&mut self, cmd: SetCmd) {
+        if let Some(server) = self.server.as_mut() {
+            match &cmd {
+                SetCmd::Set { name, sql } => {
+                    server.params.set(name, params::Setting::Sql(sql.clone()))
+                }
+                SetCmd::Reset(name) => server.params.remove(name),
+                SetCmd::ResetAll => server.params.clear(),
+            }
+        }
+        match cmd {
+            SetCmd::Set { name, sql } => self.session_params.set(&name, params::Setting::Sql(sql)),
+            SetCmd::Reset(name) => self.session_params.remove(&name),
+            SetCmd::ResetAll => self.session_params.clear(),
+        }
+        self.effective = self.ctx.startup.overlay(&self.session_params);
+    }
+
+    fn note_tag(&mut self, frame: &[u8]) {
+        if let Some(s) = self.server.as_mut() {
+            s.note_command_complete(frame);
+        }
+        if protocol::command_tag(frame) == b"DISCARD ALL" {
+            self.session_params.clear();
+            self.effective = self.ctx.startup.clone();
+        }
+    }
+
+    fn on_ready(&mut self, frame: Bytes, owed: Owed, status: TxStatus, forward: bool) {
+        self.retry_frame = None;
+        if let Owed::Query {
+            set: Some(cmd),
+            ok: true,
+        } = owed
+        {
+            self.apply_set(cmd);
+        }
+        if !forward {
+            return;
+        }
+        self.queries += 1;
+        if self.ctx.mode == PoolMode::Statement && status != TxStatus::Idle {
+            // Statement pooling cannot hold a server across statements: abort the transaction
+            // by closing the server, and tell the client why.
+            if let Some(s) = self.server.as_mut() {
+                s.broken = true;
+            }
+            self.server = None;
+            self.pending.abandon();
+            self.client_error(
+                "0A000",
+                "transaction blocks are not allowed in statement pooling mode",
+            );
+            protocol::ready_for_query(&mut self.cout, b'I');
+            return;
+        }
+        self.cout.extend_from_slice(&frame);
+    }
+
+    fn on_server_error(&mut self, frame: Bytes, skipped: Vec<Owed>) {
+        let fields = protocol::parse_error(&frame);
+        self.forwarded += 1;
+        crate::metrics::count_error(&self.ctx.database, &fields.code);
+        if self.try_reprepare(&fields, &skipped) {
+            return;
+        }
+        self.cout.extend_from_slice(&frame);
+        // What the server skipped did not happen there.
+        if let Some(server) = self.server.as_mut() {
+            for o in skipped {
+                match o {
+                    Owed::Parse {
+                        stmt: Some(def), ..
+                    } => server.prepared.remove(def.id),
+                    Owed::Close { id: Some(id), .. } => {
+                        server.prepared.insert(id, 0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The server is going away (FATAL): retry a replica read, or tell the client.
+    fn on_server_fatal(&mut self, frame: Bytes, fields: &protocol::ErrorFields) -> Result<(), End> {
+        if self.retry_read() {
+            return Ok(());
+        }
+        self.forwarded += 1;
+        crate::metrics::count_error(&self.ctx.database, &fields.code);
+        if let Some(s) = self.server.as_mut() {
+            s.broken = true;
+        }
+        if self.server_is_the_session() {
+            // Like PostgreSQL: the FATAL, then the connection closes.
+            self.cout.extend_from_slice(&frame);
+            self.drop_server();
+            return Err(End::Closed);
+        }
+        // An autocommit statement lost its server: the client keeps its pgvane connection.
+        protocol::downgrade_fatal(&frame, &mut self.cout);
+        self.server_lost(false)
+    }
+
+    /// The client's session state lives on this server: session pooling, or a transaction
+    /// block. Losing the server then ends the client's connection, as it would directly.
+    pub(super) fn server_is_the_session(&self) -> bool {
+        self.server.is_some()
+            && (self.ctx.mode == PoolMode::Session || self.pending.tx() != TxStatus::Idle)
+    }
+
+    /// A shared statement went stale on this server (a schema change altered its result
+    /// type, or the server lost it): outside an explicit transaction, prepare it again and
+    /// replay the client's messages from the failing Bind, once, so the client never sees it.
+    fn try_reprepare(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) -> bool {
+        let stale = (fields.code == "0A000"
+            && fields
+                .message
+                .contains("cached plan must not change result type"))
+            || (fields.code == "26000" && fields.message.contains("pgvane_"));
+        // Only when the failed batch's Sync is the last thing owed: answers to anything
+        // pipelined after it would otherwise overtake the replay.
+        if !stale
+            || self.pending.tx() != TxStatus::Idle
+            || self.pending.len() != 1
+            || !matches!(self.pending.front(), Some(Owed::Sync))
+        {
+            return false;
+        }
+        let Some(Owed::Bind {
+            stmt: Some(def),
+            retried: false,
+            ..
+        }) = skipped.first()
+        else {
+            return false;
+        };
+        let mut frames = Vec::new();
+        for o in skipped {
+            match o {
+                Owed::Bind { frame, .. }
+                | Owed::Describe { frame }
+                | Owed::Execute { frame, .. } => frames.push(frame.clone()),
+                _ => return false,
+            }
+        }
+        let def = def.clone();
+        tracing::debug!(statement = %String::from_utf8_lossy(&def.name), "re-preparing stale statement");
+        if !self.pending.swallow_head_ready() {
+            return false;
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.remove(def.id);
+        }
+        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
+        self.pending.sent(Owed::Close {
+            id: None,
+            swallow: true,
+        });
+        self.replaying = true;
+        for f in frames {
+            // Frames were valid the first time; a failure here cannot happen.
+            let _ = self.forward_extended(f);
+        }
+        self.replaying = false;
+        protocol::sync(&mut self.sout);
+        self.pending.sent(Owed::Sync);
+        true
+    }
+}
