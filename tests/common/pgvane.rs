@@ -16,9 +16,13 @@ pub use super::util::free_port;
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Path of the pgvane binary: `CARGO_BIN_EXE_pgvane` (set by cargo for
-/// integration tests of the crate that defines the bin), else `$PGVANE_BIN`.
+/// Path of the pgvane binary: `$PGVANE_BIN` when set (to run the tests against another
+/// build, e.g. an older commit), else `CARGO_BIN_EXE_pgvane` (set by cargo for integration
+/// tests of the crate that defines the bin).
 pub fn pgvane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGVANE_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_pgvane") {
         return PathBuf::from(p);
     }
