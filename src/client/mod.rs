@@ -8,7 +8,6 @@
 //! statement traffic belongs to the session.
 
 mod fanout;
-mod fanout_ext;
 mod forward;
 pub mod prepared;
 mod route;
