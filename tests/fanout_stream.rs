@@ -76,7 +76,9 @@ async fn seed(p: &Pgvane) -> tokio_postgres::Client {
         )
         .unwrap() as usize;
         if !on[s] {
-            c.execute("INSERT INTO seeds VALUES ($1)", &[&k]).await.unwrap();
+            c.execute("INSERT INTO seeds VALUES ($1)", &[&k])
+                .await
+                .unwrap();
             on[s] = true;
         }
         if on == [true, true] {

@@ -183,7 +183,10 @@ async fn copy_from_stdin_splits_rows_and_copy_to_fans_out() {
         )
         .await
         .unwrap();
-    assert_eq!(r.get::<_, Option<String>>(0).as_deref(), Some("tab\there 5"));
+    assert_eq!(
+        r.get::<_, Option<String>>(0).as_deref(),
+        Some("tab\there 5")
+    );
     let r = c
         .query_one("SELECT note FROM orders WHERE customer_id = -3000000", &[])
         .await
@@ -269,7 +272,10 @@ async fn copy_from_stdin_splits_rows_and_copy_to_fans_out() {
         .collect();
     assert_eq!(lines[0], "customer_id,id,note\n");
     assert_eq!(
-        lines.iter().filter(|l| l.starts_with("customer_id")).count(),
+        lines
+            .iter()
+            .filter(|l| l.starts_with("customer_id"))
+            .count(),
         1
     );
     assert_eq!(lines.len(), 1501);
@@ -357,7 +363,11 @@ async fn copy_errors_are_clear_and_release_servers() {
     assert!(err.contains("duplicate key"), "{err}");
     assert_eq!(count(&c, "SELECT count(*) FROM orders").await, 1);
     let counts = placement(&shards, "orders", "customer_id", "hp").await;
-    assert_eq!(counts.iter().sum::<i64>(), 1, "nothing of the failed COPY stayed");
+    assert_eq!(
+        counts.iter().sum::<i64>(),
+        1,
+        "nothing of the failed COPY stayed"
+    );
 
     // CopyFail from the client: PostgreSQL's error, nothing committed.
     r.query("COPY orders FROM STDIN");

@@ -30,12 +30,13 @@ const SHARD_CHUNK: usize = 64 * 1024;
 
 /// Is this simple-query text a COPY pgvane must handle itself? Parsed from the raw text
 /// (options are literals, which normalization would replace).
-pub fn classify_sql(
-    sql: &str,
-    tables: &[ShardedTable],
-) -> Option<Result<CopyKind, CopyError>> {
+pub fn classify_sql(sql: &str, tables: &[ShardedTable]) -> Option<Result<CopyKind, CopyError>> {
     let head = crate::params::skip_ws_comments(sql);
-    if !head.get(..4).is_some_and(|h| h.eq_ignore_ascii_case("copy")) && !sql.contains(';') {
+    if !head
+        .get(..4)
+        .is_some_and(|h| h.eq_ignore_ascii_case("copy"))
+        && !sql.contains(';')
+    {
         return None;
     }
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
@@ -48,7 +49,9 @@ pub fn classify_sql(
         (1, 1) => copy_format::classify(&stmts[0], tables),
         _ => Some(Err(CopyError {
             code: "0A000",
-            message: "COPY on a sharded database must be sent on its own, not in a multi-statement query".into(),
+            message:
+                "COPY on a sharded database must be sent on its own, not in a multi-statement query"
+                    .into(),
             context: None,
         })),
     }
@@ -72,21 +75,21 @@ pub fn error_frame(e: &CopyError) -> BytesMut {
     }
     body.extend_from_slice(&[0]);
     let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.extend_from_slice(&[b'E']);
+    out.extend_from_slice(b"E");
     out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(&body);
     out
 }
 
 pub fn copy_fail(out: &mut BytesMut, why: &str) {
-    out.extend_from_slice(&[b'f']);
+    out.extend_from_slice(b"f");
     out.extend_from_slice(&((why.len() + 5) as u32).to_be_bytes());
     out.extend_from_slice(why.as_bytes());
     out.extend_from_slice(&[0]);
 }
 
 fn copy_data(out: &mut BytesMut, payload: &[u8]) {
-    out.extend_from_slice(&[b'd']);
+    out.extend_from_slice(b"d");
     out.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(payload);
 }
@@ -232,16 +235,24 @@ impl Session {
             } else {
                 Some(columns.clone())
             };
-            plan = match cols.and_then(|c| c.iter().position(|x| x.eq_ignore_ascii_case(&t.column))) {
+            plan = match cols.and_then(|c| c.iter().position(|x| x.eq_ignore_ascii_case(&t.column)))
+            {
                 Some(i) => Ok(Some((i, t))),
                 None => Err(CopyError {
                     code: "0A000",
-                    message: format!("pgvane cannot find the sharding key column \"{}\" of {} to split the COPY", t.column, table_name),
+                    message: format!(
+                        "pgvane cannot find the sharding key column \"{}\" of {} to split the COPY",
+                        t.column, table_name
+                    ),
                     context: None,
                 }),
             };
         }
-        let shards = if table.is_some() { ShardSet::all(n) } else { shards };
+        let shards = if table.is_some() {
+            ShardSet::all(n)
+        } else {
+            shards
+        };
         let Some(conns) = self.checkout_shards(shards, status).await else {
             return Ok(());
         };
@@ -341,7 +352,9 @@ impl Session {
                         }
                     };
                     if let Err(e) = routed {
-                        return self.copy_abort(sh, Some(error_frame(&e).freeze()), status).await;
+                        return self
+                            .copy_abort(sh, Some(error_frame(&e).freeze()), status)
+                            .await;
                     }
                     for s in sh.iter_mut() {
                         if s.buf.len() >= SHARD_CHUNK {
@@ -380,10 +393,14 @@ impl Session {
                 other => {
                     let e = CopyError {
                         code: "08P01",
-                        message: format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                        message: format!(
+                            "unexpected message type 0x{other:02X} during COPY from stdin"
+                        ),
                         context: None,
                     };
-                    return self.copy_abort(sh, Some(error_frame(&e).freeze()), status).await;
+                    return self
+                        .copy_abort(sh, Some(error_frame(&e).freeze()), status)
+                        .await;
                 }
             }
         }

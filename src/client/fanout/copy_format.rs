@@ -521,9 +521,8 @@ impl RowSplitter {
                 i += 1;
             }
             if field == self.key_index {
-                let is_null = !self.force_not_null
-                    && value == self.opts.null
-                    && (!quoted || self.force_null);
+                let is_null =
+                    !self.force_not_null && value == self.opts.null && (!quoted || self.force_null);
                 return Some(if is_null { None } else { Some(value) });
             }
             if i >= body.len() {
@@ -612,7 +611,11 @@ mod tests {
         classify(&s[0], &tables()).unwrap()
     }
 
-    fn split(opts: Options, key: usize, chunks: &[&[u8]]) -> Result<Vec<(Vec<u8>, OwnedKey)>, CopyError> {
+    fn split(
+        opts: Options,
+        key: usize,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<(Vec<u8>, OwnedKey)>, CopyError> {
         let mut s = RowSplitter::new(opts, key, "customer_id", KeyType::Int8, "orders", 1 << 20);
         let mut rows = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
@@ -644,34 +647,76 @@ mod tests {
             Ok(CopyKind::FromStdin { table: None, .. })
         ));
         assert_eq!(kind("COPY orders FROM '/x'").unwrap_err().code, "0A000");
-        assert_eq!(kind("COPY orders TO PROGRAM 'x'").unwrap_err().code, "0A000");
-        assert_eq!(kind("COPY orders (id) FROM STDIN").unwrap_err().code, "0A000");
-        assert_eq!(kind("COPY orders FROM STDIN (FORMAT binary)").unwrap_err().code, "0A000");
+        assert_eq!(
+            kind("COPY orders TO PROGRAM 'x'").unwrap_err().code,
+            "0A000"
+        );
+        assert_eq!(
+            kind("COPY orders (id) FROM STDIN").unwrap_err().code,
+            "0A000"
+        );
+        assert_eq!(
+            kind("COPY orders FROM STDIN (FORMAT binary)")
+                .unwrap_err()
+                .code,
+            "0A000"
+        );
         assert!(kind("COPY other FROM STDIN (FORMAT binary)").is_ok());
         let o = opts_of("COPY orders FROM STDIN WITH (FORMAT csv, HEADER, DELIMITER ';')");
-        assert_eq!((o.format, o.delimiter, o.header, o.null.as_slice()), (Format::Csv, b';', true, &b""[..]));
+        assert_eq!(
+            (o.format, o.delimiter, o.header, o.null.as_slice()),
+            (Format::Csv, b';', true, &b""[..])
+        );
         let o = opts_of("COPY orders FROM STDIN CSV HEADER QUOTE '''' DELIMITER '|'");
-        assert_eq!((o.format, o.delimiter, o.quote, o.escape), (Format::Csv, b'|', b'\'', b'\''));
+        assert_eq!(
+            (o.format, o.delimiter, o.quote, o.escape),
+            (Format::Csv, b'|', b'\'', b'\'')
+        );
         let o = opts_of("COPY orders TO STDOUT");
-        assert_eq!((o.format, o.delimiter, o.null.as_slice()), (Format::Text, b'\t', &b"\\N"[..]));
+        assert_eq!(
+            (o.format, o.delimiter, o.null.as_slice()),
+            (Format::Text, b'\t', &b"\\N"[..])
+        );
     }
 
     #[test]
     fn text_rows_across_chunks() {
         let o = opts_of("COPY orders FROM STDIN");
-        let rows = split(o.clone(), 1, &[b"a\t1\tx\nb\t-2", b"2\ty\\\nz\n", b"c\t\\N\n", b"d\t 3 "]).unwrap();
+        let rows = split(
+            o.clone(),
+            1,
+            &[b"a\t1\tx\nb\t-2", b"2\ty\\\nz\n", b"c\t\\N\n", b"d\t 3 "],
+        )
+        .unwrap();
         let keys: Vec<&OwnedKey> = rows.iter().map(|r| &r.1).collect();
-        assert_eq!(keys, [&OwnedKey::Int(1), &OwnedKey::Int(-22), &OwnedKey::Null, &OwnedKey::Int(3)]);
+        assert_eq!(
+            keys,
+            [
+                &OwnedKey::Int(1),
+                &OwnedKey::Int(-22),
+                &OwnedKey::Null,
+                &OwnedKey::Int(3)
+            ]
+        );
         assert_eq!(rows[1].0, b"b\t-22\ty\\\nz\n");
         // Escapes in the key, CRLF split across messages, the end marker.
         let rows = split(o.clone(), 0, &[b"\\061\\x32\r", b"\n\\.\n9\n"]).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0], (b"\\061\\x32\r\n".to_vec(), OwnedKey::Int(12)));
         let e = split(o.clone(), 1, &[b"x\tabc\n"]).unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), ("22P02", "invalid input syntax for type bigint: \"abc\""));
-        assert_eq!(e.context.as_deref(), Some("COPY orders, line 1, column customer_id: \"abc\""));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("22P02", "invalid input syntax for type bigint: \"abc\"")
+        );
+        assert_eq!(
+            e.context.as_deref(),
+            Some("COPY orders, line 1, column customer_id: \"abc\"")
+        );
         assert_eq!(split(o.clone(), 2, &[b"1\t2\n"]).unwrap_err().code, "22P04");
-        assert_eq!(split(o, 0, &[b"99999999999999999999\n"]).unwrap_err().code, "22003");
+        assert_eq!(
+            split(o, 0, &[b"99999999999999999999\n"]).unwrap_err().code,
+            "22003"
+        );
     }
 
     #[test]
@@ -679,7 +724,10 @@ mod tests {
         let o = opts_of("COPY orders FROM STDIN (FORMAT csv, HEADER)");
         let rows = split(o, 1, &[b"h1,h2\n\"a,\"\"b\nc\",\"7\"\n,", b"8\n,\n"]).unwrap();
         assert_eq!(rows[0].0, b"h1,h2\n");
-        assert_eq!(rows[1], (b"\"a,\"\"b\nc\",\"7\"\n".to_vec(), OwnedKey::Int(7)));
+        assert_eq!(
+            rows[1],
+            (b"\"a,\"\"b\nc\",\"7\"\n".to_vec(), OwnedKey::Int(7))
+        );
         assert_eq!(rows[2].1, OwnedKey::Int(8));
         assert_eq!(rows.len(), 4);
         // An unquoted empty string is NULL; a quoted one is not (and not a bigint).

@@ -95,7 +95,9 @@ impl Session {
         let copies = frames.iter().any(|f| match f[0] {
             b'P' => protocol::parse_parse(f).is_ok_and(|p| is_copy(p.query)),
             b'B' => protocol::parse_bind(f).is_ok_and(|b| {
-                self.stmts.get(b.statement).is_some_and(|d| is_copy(&d.query))
+                self.stmts
+                    .get(b.statement)
+                    .is_some_and(|d| is_copy(&d.query))
             }),
             _ => false,
         });

@@ -38,9 +38,14 @@ enum State {
     /// Waiting for every shard's first message of the next result.
     Heads,
     /// Streaming shard `cur`'s DataRows.
-    Rows { cur: usize },
+    Rows {
+        cur: usize,
+    },
     /// Streaming shard `cur`'s CopyData (`done`: its CopyDone arrived, its tag is next).
-    Copy { cur: usize, done: bool },
+    Copy {
+        cur: usize,
+        done: bool,
+    },
     /// After an error: reading every shard up to ReadyForQuery, discarding.
     Drain,
     Finished,
@@ -72,7 +77,11 @@ impl Merge {
     pub fn new(n: usize, copy: CopyOut, hold_tags: bool) -> Self {
         Merge {
             n,
-            state: if n == 0 { State::Finished } else { State::Heads },
+            state: if n == 0 {
+                State::Finished
+            } else {
+                State::Heads
+            },
             heads: vec![None; n],
             tags: vec![Vec::new(); n],
             ready: vec![false; n],
@@ -325,7 +334,7 @@ impl Merge {
 }
 
 fn copy_data_frame(out: &mut BytesMut, payload: &[u8]) {
-    out.extend_from_slice(&[b'd']);
+    out.extend_from_slice(b"d");
     out.extend_from_slice(&((payload.len() + 4) as u32).to_be_bytes());
     out.extend_from_slice(payload);
 }
@@ -394,13 +403,19 @@ mod tests {
         let s = |n: &str| vec![c("CREATE TABLE"), t("x"), d(n), c("SELECT 1"), z()];
         let (out, failed, _) = run(vec![s("1"), s("2")], CopyOut::default());
         assert!(!failed);
-        assert_eq!(out, cat(&[c("CREATE TABLE"), t("x"), d("1"), d("2"), c("SELECT 2")]));
+        assert_eq!(
+            out,
+            cat(&[c("CREATE TABLE"), t("x"), d("1"), d("2"), c("SELECT 2")])
+        );
     }
 
     #[test]
     fn mismatched_descriptions_send_nothing_but_an_error() {
         let (out, failed, pos) = run(
-            vec![vec![t("x"), d("a"), c("SELECT 1"), z()], vec![t("y"), c("SELECT 0"), z()]],
+            vec![
+                vec![t("x"), d("a"), c("SELECT 1"), z()],
+                vec![t("y"), c("SELECT 0"), z()],
+            ],
             CopyOut::default(),
         );
         assert!(failed);
@@ -431,14 +446,40 @@ mod tests {
             b.extend_from_slice(&[b'H', 0, 0, 0, 9, 0, 0, 1, 0, 0]);
         });
         let done = Bytes::from_static(&[b'c', 0, 0, 0, 4]);
-        let s0 = vec![h.clone(), cd(b"k,v\n"), cd(b"1,a\n"), done.clone(), c("COPY 1"), z()];
-        let s1 = vec![h.clone(), cd(b"k,v\n"), cd(b"2,b\n"), cd(b"3,c\n"), done.clone(), c("COPY 2"), z()];
-        let copy = CopyOut { header: true, binary: false };
+        let s0 = vec![
+            h.clone(),
+            cd(b"k,v\n"),
+            cd(b"1,a\n"),
+            done.clone(),
+            c("COPY 1"),
+            z(),
+        ];
+        let s1 = vec![
+            h.clone(),
+            cd(b"k,v\n"),
+            cd(b"2,b\n"),
+            cd(b"3,c\n"),
+            done.clone(),
+            c("COPY 2"),
+            z(),
+        ];
+        let copy = CopyOut {
+            header: true,
+            binary: false,
+        };
         let (out, failed, _) = run(vec![s0, s1], copy);
         assert!(!failed);
         assert_eq!(
             out,
-            cat(&[h, cd(b"k,v\n"), cd(b"1,a\n"), cd(b"2,b\n"), cd(b"3,c\n"), done, c("COPY 3")])
+            cat(&[
+                h,
+                cd(b"k,v\n"),
+                cd(b"1,a\n"),
+                cd(b"2,b\n"),
+                cd(b"3,c\n"),
+                done,
+                c("COPY 3")
+            ])
         );
     }
 
@@ -450,16 +491,48 @@ mod tests {
         fh.extend_from_slice(&[0; 8]);
         let tuple = |v: u8| vec![0, 1, 0, 0, 0, 1, v];
         let first = |v: u8| [fh.clone(), tuple(v)].concat();
-        let s0 = vec![h.clone(), cd(&first(1)), cd(&tuple(2)), cd(&[0xff, 0xff]), done.clone(), c("COPY 2"), z()];
+        let s0 = vec![
+            h.clone(),
+            cd(&first(1)),
+            cd(&tuple(2)),
+            cd(&[0xff, 0xff]),
+            done.clone(),
+            c("COPY 2"),
+            z(),
+        ];
         // A shard without rows sends the header and trailer in one message.
-        let s1 = vec![h.clone(), cd(&[fh.clone(), vec![0xff, 0xff]].concat()), done.clone(), c("COPY 0"), z()];
-        let s2 = vec![h.clone(), cd(&first(3)), cd(&[0xff, 0xff]), done.clone(), c("COPY 1"), z()];
-        let copy = CopyOut { header: false, binary: true };
+        let s1 = vec![
+            h.clone(),
+            cd(&[fh.clone(), vec![0xff, 0xff]].concat()),
+            done.clone(),
+            c("COPY 0"),
+            z(),
+        ];
+        let s2 = vec![
+            h.clone(),
+            cd(&first(3)),
+            cd(&[0xff, 0xff]),
+            done.clone(),
+            c("COPY 1"),
+            z(),
+        ];
+        let copy = CopyOut {
+            header: false,
+            binary: true,
+        };
         let (out, failed, _) = run(vec![s0, s1, s2], copy);
         assert!(!failed);
         assert_eq!(
             out,
-            cat(&[h, cd(&first(1)), cd(&tuple(2)), cd(&tuple(3)), cd(&[0xff, 0xff]), done, c("COPY 3")])
+            cat(&[
+                h,
+                cd(&first(1)),
+                cd(&tuple(2)),
+                cd(&tuple(3)),
+                cd(&[0xff, 0xff]),
+                done,
+                c("COPY 3")
+            ])
         );
     }
 
