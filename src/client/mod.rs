@@ -9,7 +9,6 @@
 
 pub mod budget;
 mod fanout;
-mod fanout_ext;
 mod forward;
 pub mod prepared;
 mod reply;

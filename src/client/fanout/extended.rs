@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::session::{End, Session};
+use crate::client::session::{End, Session};
 use crate::protocol;
 use crate::sharding::plan::ShardSet;
 
@@ -69,7 +69,7 @@ fn split_units(frames: &[Bytes], units: &[(Unit, bool)]) -> Result<Vec<Vec<Bytes
 impl Session {
     /// Run the batch that starts with `first` on `shards`. The batch (through Sync) is taken
     /// from the client buffer; the merged answer is queued for the client.
-    pub(super) async fn fanout_extended(
+    pub(crate) async fn fanout_extended(
         &mut self,
         first: Bytes,
         shards: ShardSet,
@@ -90,6 +90,24 @@ impl Session {
                 }
             }
         }
+        // COPY needs the simple protocol here (its data must be split or merged per shard).
+        let copies = frames.iter().any(|f| match f[0] {
+            b'P' => protocol::parse_parse(f).is_ok_and(|p| is_copy(p.query)),
+            b'B' => protocol::parse_bind(f).is_ok_and(|b| {
+                self.stmts
+                    .get(b.statement)
+                    .is_some_and(|d| is_copy(&d.query))
+            }),
+            _ => false,
+        });
+        if copies {
+            self.client_error(
+                "0A000",
+                "COPY on a sharded database is supported over the simple query protocol only (psql's \\copy, or send it as a simple query)",
+            );
+            protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
+            return Ok(());
+        }
         // Translate: named statements become the unnamed statement, prepared inline.
         let mut out = BytesMut::new();
         let mut units: Vec<(Unit, bool)> = Vec::new();
@@ -99,7 +117,7 @@ impl Session {
                 b'P' => {
                     let p = protocol::parse_parse(f)?;
                     if !p.name.is_empty() {
-                        let def = super::prepared::registry()
+                        let def = crate::client::prepared::registry()
                             .intern(f.slice_ref(p.query), f.slice_ref(p.param_types));
                         self.stmts.insert(p.name.to_vec(), def);
                         let info = self.route_info(p.query, p.param_types);
@@ -268,6 +286,14 @@ impl Session {
     }
 }
 
+/// Does this statement text start with COPY?
+fn is_copy(sql: &[u8]) -> bool {
+    let s = String::from_utf8_lossy(sql);
+    crate::params::skip_ws_comments(&s)
+        .get(..4)
+        .is_some_and(|h| h.eq_ignore_ascii_case("copy"))
+}
+
 fn error_frame(code: &str, msg: &str) -> Bytes {
     let mut b = BytesMut::new();
     protocol::error_response(&mut b, "ERROR", code, msg);
@@ -295,14 +321,14 @@ fn merge_units(
             Unit::Sync => protocol::ready_for_query(out, status),
             Unit::Execute => {
                 let streams: Vec<Vec<Bytes>> = groups.iter().map(|g| g[i].clone()).collect();
-                if super::fanout::merge_responses(&streams, out)? {
+                if super::merge_responses(&streams, out)? {
                     return Err("a shard failed".into());
                 }
             }
             Unit::DescribeStatement | Unit::DescribePortal => {
                 let streams: Vec<Vec<Bytes>> = groups.iter().map(|g| g[i].clone()).collect();
                 let mut tmp = BytesMut::new();
-                super::fanout::merge_responses(&streams, &mut tmp)?;
+                super::merge_responses(&streams, &mut tmp)?;
                 out.extend_from_slice(&tmp);
             }
             _ => {

@@ -1,12 +1,18 @@
 //! Running one client statement on several shards at once and merging the answers.
 //!
-//! Owns: checking out one server per target shard, sending the statement to all of them
-//! concurrently, wrapping multi-shard writes in a transaction on every shard (committed only
-//! when every shard succeeded, rolled back everywhere otherwise), and merging the responses
-//! into what one server would have said: one RowDescription, every DataRow, one
-//! CommandComplete with the summed row count, one ReadyForQuery.
+//! Owns: checking out one server per target shard, sending the statement to all of them,
+//! wrapping multi-shard writes in a transaction on every shard (committed only when every
+//! shard succeeded, rolled back everywhere otherwise), and streaming the merged answer to
+//! the client as the shards produce it (the merge itself is [`merge`]; COPY FROM STDIN is
+//! [`copy`]). Reads from the shards only as fast as the client takes the answer.
 //!
-//! Must not: route (the plan comes from `route`), or keep servers after the statement.
+//! Must not: route (the plan comes from `route`), hold a result in memory, or keep servers
+//! after the statement; a server whose state is unknown is closed, never pooled.
+
+mod copy;
+mod copy_format;
+mod extended;
+pub mod merge;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -16,6 +22,13 @@ use crate::params;
 use crate::pool::PooledConn;
 use crate::protocol;
 use crate::sharding::plan::ShardSet;
+use copy_format::{CopyKind, Format};
+use merge::{CopyOut, Merge, Need};
+
+/// Send the client what is queued once this much is (the backpressure unit).
+const CLIENT_FLUSH_AT: usize = 64 * 1024;
+/// After an error, a shard is read to ReadyForQuery up to this many bytes, else closed.
+const DRAIN_BUDGET: usize = 1024 * 1024;
 
 /// Statements PostgreSQL refuses inside a transaction block: broadcast without a wrapper.
 fn needs_autocommit(sql: &str) -> bool {
@@ -95,7 +108,7 @@ pub fn merge_responses(streams: &[Vec<Bytes>], out: &mut BytesMut) -> Result<boo
 
 /// Two RowDescriptions describe the same columns: names, types, type modifiers and formats
 /// agree (table OIDs and column numbers differ between shards and do not matter).
-fn same_columns(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_columns(a: &[u8], b: &[u8]) -> bool {
     fn columns(f: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
         let mut body = f.get(5..)?;
         let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
@@ -145,30 +158,10 @@ pub fn merge_tags(tags: &[&[u8]]) -> String {
     format!("{prefix} {total}")
 }
 
-/// Read frames until `zs` ReadyForQuery messages have arrived; returns the frames.
-async fn read_until_ready(
-    conn: &mut PooledConn,
-    zs: usize,
-) -> Result<Vec<Bytes>, crate::server::ServerError> {
-    let mut frames = Vec::new();
-    let mut seen = 0;
-    while seen < zs {
-        let f = conn.read_frame().await?;
-        if f[0] == b'Z' {
-            seen += 1;
-            if f.len() < 6 || f[5] != b'I' && seen == zs {
-                // still inside a transaction: expected only for wrapped writes
-            }
-        }
-        frames.push(f);
-    }
-    Ok(frames)
-}
-
 impl Session {
     /// One server per target shard (primaries), with the client's settings applied. On
     /// failure the error and a ReadyForQuery(`status`) are queued and None is returned.
-    pub(super) async fn checkout_shards(
+    pub(crate) async fn checkout_shards(
         &mut self,
         shards: ShardSet,
         status: u8,
@@ -210,7 +203,8 @@ impl Session {
         Some(conns)
     }
 
-    /// Run a simple Query on `shards` (optionally a different SQL text per shard).
+    /// Run a simple Query on `shards` (optionally a different SQL text per shard), streaming
+    /// the merged answer to the client.
     pub(super) async fn fanout_query(
         &mut self,
         frame: Bytes,
@@ -238,12 +232,33 @@ impl Session {
         let sql = protocol::query_text(&frame)
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
+        let mut copy_out = CopyOut::default();
+        if split.is_none() {
+            match copy::classify_sql(&sql, &db.sharded_tables) {
+                Some(Err(e)) => {
+                    self.cout.extend_from_slice(&copy::error_frame(&e));
+                    crate::metrics::count_error(&self.ctx.database, e.code);
+                    protocol::ready_for_query(&mut self.cout, status);
+                    return Ok(());
+                }
+                Some(Ok(kind @ CopyKind::FromStdin { .. })) => {
+                    return self.copy_in(&sql, kind, shards, status).await;
+                }
+                Some(Ok(CopyKind::ToStdout { options })) => {
+                    copy_out = CopyOut {
+                        header: options.header && options.format != Format::Binary,
+                        binary: options.format == Format::Binary,
+                    };
+                }
+                None => {}
+            }
+        }
         let wrap = write && !needs_autocommit(&sql);
         let Some(mut conns) = self.checkout_shards(shards, status).await else {
             return Ok(());
         };
-        let mut payloads = Vec::with_capacity(conns.len());
-        for (s, _) in &conns {
+        let mut m = Merge::new(conns.len(), copy_out, wrap);
+        for (i, (s, c)) in conns.iter_mut().enumerate() {
             let mut out = BytesMut::new();
             if wrap {
                 protocol::query(&mut out, "BEGIN");
@@ -255,84 +270,107 @@ impl Session {
                 Some((_, q)) => protocol::query(&mut out, q),
                 None => out.extend_from_slice(&frame),
             }
-            payloads.push(out);
+            let sent = match c.stream.write_all(&out).await {
+                Ok(()) if wrap => begin_answer(c).await,
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                c.broken = true;
+                m.lost(i, Some(&format!("shard {s}: {e}")), &mut self.cout);
+            }
         }
-        let zs = if wrap { 2 } else { 1 };
-        let results = futures_util::future::join_all(conns.iter_mut().zip(payloads.iter()).map(
-            |((_, c), p)| async move {
-                c.stream
-                    .write_all(p)
-                    .await
-                    .map_err(crate::server::ServerError::Io)?;
-                read_until_ready(c, zs).await
-            },
-        ))
-        .await;
-        let mut streams = Vec::with_capacity(results.len());
-        let mut failed = None;
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(mut frames) => {
-                    frames.pop(); // the final ReadyForQuery
-                    if wrap {
-                        // Drop the BEGIN's CommandComplete and ReadyForQuery.
-                        if let Some(z) = frames.iter().position(|f| f[0] == b'Z') {
-                            frames.drain(..=z);
+        let mut drained = vec![0usize; conns.len()];
+        while let Need::Read(i) = m.next() {
+            let Some((s, c)) = conns.get_mut(i) else {
+                break;
+            };
+            if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+                c.rbuf.reserve(32 * 1024);
+            }
+            match c.read_frame().await {
+                Ok(f) => {
+                    if f[0] == b'G' {
+                        // COPY FROM STDIN inside a multi-statement query: end it on the shard.
+                        let mut fail = BytesMut::new();
+                        copy::copy_fail(&mut fail, "COPY FROM STDIN cannot be merged");
+                        if c.stream.write_all(&fail).await.is_err() {
+                            c.broken = true;
+                            m.lost(i, None, &mut self.cout);
+                            continue;
                         }
                     }
-                    streams.push(frames);
+                    if m.draining() {
+                        drained[i] += f.len();
+                        if drained[i] > DRAIN_BUDGET {
+                            // Too much left to read: closing the server is cheaper.
+                            c.broken = true;
+                            m.lost(i, None, &mut self.cout);
+                            continue;
+                        }
+                    }
+                    m.feed(i, f, &mut self.cout);
                 }
                 Err(e) => {
-                    conns[i].1.broken = true;
-                    failed.get_or_insert_with(|| format!("shard {}: {e}", conns[i].0));
+                    c.broken = true;
+                    m.lost(i, Some(&format!("shard {s}: {e}")), &mut self.cout);
                 }
             }
-        }
-        let mut ok = failed.is_none();
-        if let Some(msg) = &failed {
-            self.client_error("08006", msg);
-        } else {
-            let mut merged = BytesMut::new();
-            match merge_responses(&streams, &mut merged) {
-                Ok(false) => self.cout.extend_from_slice(&merged),
-                Ok(true) => {
-                    ok = false;
-                    self.cout.extend_from_slice(&merged);
-                }
-                Err(msg) => {
-                    ok = false;
-                    self.client_error("XX000", &msg);
-                }
+            if self.cout.len() >= CLIENT_FLUSH_AT {
+                // A client that reads slowly slows the shards down here (bounded memory).
+                self.flush_client().await?;
             }
         }
+        let mut ok = !m.failed();
+        let tail = m.take_tail();
         if wrap {
-            let end = if ok { "COMMIT" } else { "ROLLBACK" };
             for (s, c) in conns.iter_mut() {
                 if c.broken {
                     continue;
                 }
+                let end = if ok { "COMMIT" } else { "ROLLBACK" };
                 match c.run_internal(end).await {
                     Ok(None) => {}
                     Ok(Some(e)) => {
                         tracing::error!(shard = *s, code = %e.code, msg = %e.message, "{end} failed on a shard");
+                        if ok {
+                            // The shards after this one roll back; the client sees the error.
+                            self.client_error(&e.code, &e.message);
+                            ok = false;
+                        }
                         c.broken = true;
                     }
                     Err(_) => c.broken = true,
                 }
             }
         }
+        if ok {
+            self.cout.extend_from_slice(&tail);
+        }
         if write && ok {
             self.tx_wrote = true;
         }
         for (_, c) in conns {
-            let clean = !c.broken;
-            let p = c.pool.clone();
-            if clean {
+            if !c.broken {
+                let p = c.pool.clone();
                 p.put(c);
             }
         }
         protocol::ready_for_query(&mut self.cout, status);
         Ok(())
+    }
+}
+
+/// Read the answer to the BEGIN sent before a wrapped statement (through its ReadyForQuery).
+async fn begin_answer(c: &mut PooledConn) -> Result<(), String> {
+    let mut err = None;
+    loop {
+        let f = c.read_frame().await.map_err(|e| e.to_string())?;
+        match f[0] {
+            b'E' => err = Some(protocol::parse_error(&f).message),
+            b'Z' => return err.map_or(Ok(()), |e| Err(format!("BEGIN failed: {e}"))),
+            _ => {}
+        }
     }
 }
 
