@@ -46,8 +46,9 @@ pub enum Pending {
     },
     /// A ReadyForQuery that answers a Sync the client already got an answer for.
     SwallowReady,
+    /// `stmt`: a shared statement pgvane closes on this server (LRU eviction).
     Close {
-        id: Option<u64>,
+        stmt: Option<std::sync::Arc<super::prepared::StmtDef>>,
         swallow: bool,
     },
     Sync,
@@ -90,12 +91,10 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        if let Some(victim) = server.prepared.insert(def.id, max) {
-            let mut name = Vec::with_capacity(24);
-            crate::server::statement_name(victim, &mut name);
-            protocol::target_msg(&mut self.sout, b'C', b'S', &name);
+        if let Some(victim) = server.prepared.insert(def, max) {
+            protocol::target_msg(&mut self.sout, b'C', b'S', &victim.name);
             self.pending.push_back(Pending::Close {
-                id: Some(victim),
+                stmt: Some(victim),
                 swallow: true,
             });
         }
@@ -210,7 +209,7 @@ impl Session {
                 }
                 self.sout.extend_from_slice(&frame);
                 self.pending.push_back(Pending::Close {
-                    id: None,
+                    stmt: None,
                     swallow: false,
                 });
                 Ok(())
@@ -595,8 +594,10 @@ impl Session {
                             Some(Pending::Parse {
                                 stmt: Some(def), ..
                             }) => server.prepared.remove(def.id),
-                            Some(Pending::Close { id: Some(id), .. }) => {
-                                server.prepared.insert(id, 0);
+                            Some(Pending::Close {
+                                stmt: Some(def), ..
+                            }) => {
+                                server.prepared.insert(&def, 0);
                             }
                             _ => {}
                         }
@@ -664,7 +665,7 @@ impl Session {
         }
         protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
         self.pending.push_back(Pending::Close {
-            id: None,
+            stmt: None,
             swallow: true,
         });
         self.replaying = true;
