@@ -9,6 +9,7 @@
 //! (`client`) drives the connection; the `pool` keeps idle ones.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{md5_client_response, ScramClient};
+use crate::client::prepared::StmtDef;
 use crate::params::Params;
 use crate::protocol::{self, ErrorFields};
 
@@ -72,10 +74,12 @@ pub struct ConnectParams {
     pub startup: Vec<(String, String)>,
 }
 
-/// Prepared statements a server knows under pgvane's names, with LRU eviction.
+/// Prepared statements a server knows under pgvane's names, with LRU eviction. The cache holds
+/// each statement (keeping it in the shared registry) until it is evicted, the server forgets
+/// it (DISCARD ALL) or the connection is dropped.
 #[derive(Debug, Default)]
 pub struct PreparedCache {
-    entries: HashMap<u64, u64>,
+    entries: HashMap<u64, (Arc<StmtDef>, u64)>,
     tick: u64,
     /// Lookups since the counters were last taken (plain fields: no shared atomics per Bind).
     hits: u64,
@@ -87,7 +91,7 @@ impl PreparedCache {
     pub fn touch(&mut self, id: u64) -> bool {
         self.tick += 1;
         let hit = match self.entries.get_mut(&id) {
-            Some(t) => {
+            Some((_, t)) => {
                 *t = self.tick;
                 true
             }
@@ -101,21 +105,21 @@ impl PreparedCache {
         hit
     }
 
-    /// Record `id` as prepared; returns the least recently used id to close if over `max`.
-    pub fn insert(&mut self, id: u64, max: usize) -> Option<u64> {
+    /// Record `def` as prepared; returns the least recently used statement to close if over
+    /// `max` (0: no limit).
+    pub fn insert(&mut self, def: &Arc<StmtDef>, max: usize) -> Option<Arc<StmtDef>> {
         self.tick += 1;
-        self.entries.insert(id, self.tick);
+        self.entries.insert(def.id, (def.clone(), self.tick));
         if max > 0 && self.entries.len() > max {
             let victim = self
                 .entries
                 .iter()
-                .filter(|(k, _)| **k != id)
-                .min_by_key(|(_, t)| **t)
+                .filter(|(k, _)| **k != def.id)
+                .min_by_key(|(_, (_, t))| *t)
                 .map(|(k, _)| *k);
             if let Some(v) = victim {
-                self.entries.remove(&v);
                 crate::metrics::count_prepared_eviction();
-                return Some(v);
+                return self.entries.remove(&v).map(|(d, _)| d);
             }
         }
         None
@@ -445,14 +449,38 @@ mod tests {
 
     #[test]
     fn lru_evicts_least_recent() {
-        let mut c = PreparedCache::default();
-        assert_eq!(c.insert(1, 2), None);
-        assert_eq!(c.insert(2, 2), None);
-        assert!(c.touch(1));
-        assert_eq!(c.insert(3, 2), Some(2));
-        assert!(c.touch(1));
-        assert!(!c.touch(2));
-        assert!(c.touch(3));
+        let reg = crate::client::prepared::registry();
+        let def = |n: &str| reg.intern(Bytes::from(format!("lru test {n}")), Bytes::new());
+        let (a, b, c) = (def("a"), def("b"), def("c"));
+        let mut cache = PreparedCache::default();
+        assert!(cache.insert(&a, 2).is_none());
+        assert!(cache.insert(&b, 2).is_none());
+        assert!(cache.touch(a.id));
+        assert_eq!(cache.insert(&c, 2).map(|v| v.id), Some(b.id));
+        assert!(cache.touch(a.id));
+        assert!(!cache.touch(b.id));
+        assert!(cache.touch(c.id));
+    }
+
+    #[test]
+    fn a_closed_connection_releases_its_statements() {
+        let reg = crate::client::prepared::registry();
+        let text = Bytes::from_static(b"select 'held only by a server'");
+        let mut cache = PreparedCache::default();
+        cache.insert(&reg.intern(text.clone(), Bytes::new()), 10);
+        assert!(
+            reg.get(&text, &Bytes::new()).is_some(),
+            "the server holds it"
+        );
+        drop(cache);
+        assert!(reg.get(&text, &Bytes::new()).is_none());
+        let mut cache = PreparedCache::default();
+        cache.insert(&reg.intern(text.clone(), Bytes::new()), 10);
+        cache.clear();
+        assert!(
+            reg.get(&text, &Bytes::new()).is_none(),
+            "DISCARD ALL releases too"
+        );
     }
 
     #[test]

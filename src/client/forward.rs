@@ -44,12 +44,10 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        if let Some(victim) = server.prepared.insert(def.id, max) {
-            let mut name = Vec::with_capacity(24);
-            crate::server::statement_name(victim, &mut name);
-            protocol::target_msg(&mut self.sout, b'C', b'S', &name);
+        if let Some(victim) = server.prepared.insert(def, max) {
+            protocol::target_msg(&mut self.sout, b'C', b'S', &victim.name);
             self.pending.sent(Owed::Close {
-                id: Some(victim),
+                stmt: Some(victim),
                 swallow: true,
             });
         }
@@ -162,7 +160,7 @@ impl Session {
                 }
                 self.sout.extend_from_slice(&frame);
                 self.pending.sent(Owed::Close {
-                    id: None,
+                    stmt: None,
                     swallow: false,
                 });
                 Ok(())

@@ -184,8 +184,10 @@ impl Session {
                     Owed::Parse {
                         stmt: Some(def), ..
                     } => server.prepared.remove(def.id),
-                    Owed::Close { id: Some(id), .. } => {
-                        server.prepared.insert(id, 0);
+                    Owed::Close {
+                        stmt: Some(def), ..
+                    } => {
+                        server.prepared.insert(&def, 0);
                     }
                     _ => {}
                 }
@@ -266,7 +268,7 @@ impl Session {
         }
         protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
         self.pending.sent(Owed::Close {
-            id: None,
+            stmt: None,
             swallow: true,
         });
         self.replaying = true;

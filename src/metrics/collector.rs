@@ -1,6 +1,7 @@
 //! The scrape-time collector: builds metric families from the App's state (pools, clients,
-//! routing runtimes, replica states, parse caches) plus the process-wide counters and
-//! histograms of [`super`]. Nothing here runs on the data path.
+//! routing runtimes, replica states, parse caches), the shared prepared-statement registry,
+//! plus the process-wide counters and histograms of [`super`]. Nothing here runs on the data
+//! path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -169,6 +170,16 @@ const SPECS: &[Spec] = &[
     counter(
         "pgvane_prepared_cache_evictions_total",
         "Prepared statements evicted from a server connection's cache.",
+        &[],
+    ),
+    gauge(
+        "pgvane_prepared_statements",
+        "Shared prepared statements pgvane knows: those a client has open or a server connection holds.",
+        &[],
+    ),
+    counter(
+        "pgvane_prepared_evictions_total",
+        "Shared prepared statements forgotten because no client had them open and no server connection held them any more.",
         &[],
     ),
     counter(
@@ -495,6 +506,13 @@ impl Collector for AppCollector {
             "pgvane_prepared_cache_evictions_total",
             &[],
             evictions as f64,
+        );
+        let registry = crate::client::prepared::registry();
+        s.put("pgvane_prepared_statements", &[], registry.len() as f64);
+        s.put(
+            "pgvane_prepared_evictions_total",
+            &[],
+            registry.evictions() as f64,
         );
         // Both results are always present (at 0) so rate() works from the first reload.
         let (ok, failed, last_ok) = super::reload_counts();

@@ -83,8 +83,9 @@ pub enum Owed {
         set: Option<SetCmd>,
         frame: Bytes,
     },
+    /// Close; `stmt`: a shared statement pgvane closes on this server (LRU eviction).
     Close {
-        id: Option<u64>,
+        stmt: Option<Arc<StmtDef>>,
         swallow: bool,
     },
     Sync,

@@ -209,7 +209,7 @@ fn describe_statement_and_portal_and_unknown_names() {
     // Unknown name: an error, then the Sync.
     p.sent(describe(b'S'));
     p.sent(Owed::Close {
-        id: None,
+        stmt: None,
         swallow: false,
     });
     p.sent(Owed::Sync);
