@@ -10,16 +10,18 @@
 //! after warm-up.
 //!
 //! Knobs: `PGVANE_NETFUZZ_SECS`, `PGVANE_NETFUZZ_SEED` (replay a case sequence; timing
-//! still varies), `PGVANE_NETFUZZ_ATTACKERS` (default 4), `PGVANE_NETFUZZ_CLIENTS`
+//! still varies), `PGVANE_NETFUZZ_ATTACKERS` (default 8), `PGVANE_NETFUZZ_CLIENTS`
 //! (default 12), `PGVANE_NETFUZZ_KINDS` (comma list of random,startup,scram,session).
 //!
 //! Must not: hang (every read has a deadline), or talk to anything but loopback.
 
-mod common;
 #[path = "netfuzz/attack.rs"]
 mod attack;
 #[path = "netfuzz/clients.rs"]
 mod clients;
+mod common;
+#[path = "netfuzz/repro.rs"]
+mod repro;
 #[path = "netfuzz/wire.rs"]
 mod wire;
 
@@ -89,13 +91,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn config(listen: u16, pg_port: u16) -> String {
+fn config(listen: u16, pg_port: u16, pool_size: u32) -> String {
     format!(
         r#"
 [general]
 listen_addr = "127.0.0.1:{listen}"
 pool_mode = "transaction"
-default_pool_size = 5
+default_pool_size = {pool_size}
 admin_users = ["admin"]
 shutdown_timeout = "2s"
 
@@ -154,7 +156,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn url(port: u16, user: &str, db: &str) -> String {
-    let pw = if user == "admin" { "admin-secret" } else { "app-secret" };
+    let pw = if user == "admin" {
+        "admin-secret"
+    } else {
+        "app-secret"
+    };
     format!("host=127.0.0.1 port={port} user={user} password={pw} dbname={db} connect_timeout=10")
 }
 
@@ -172,7 +178,10 @@ async fn held(port: u16) -> Result<Held, String> {
         .await
         .map_err(|e| format!("admin console: {e}"))?;
     let mut h = Held::default();
-    let msgs = a.simple_query("SHOW POOLS").await.map_err(|e| e.to_string())?;
+    let msgs = a
+        .simple_query("SHOW POOLS")
+        .await
+        .map_err(|e| e.to_string())?;
     for m in &msgs {
         if let SimpleQueryMessage::Row(r) = m {
             let col = |c: &str| r.get(c).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -183,7 +192,10 @@ async fn held(port: u16) -> Result<Held, String> {
             }
         }
     }
-    let msgs = a.simple_query("SHOW CLIENTS").await.map_err(|e| e.to_string())?;
+    let msgs = a
+        .simple_query("SHOW CLIENTS")
+        .await
+        .map_err(|e| e.to_string())?;
     h.clients = msgs
         .iter()
         .filter(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get("database") != Some("pgvane")))
@@ -191,17 +203,42 @@ async fn held(port: u16) -> Result<Held, String> {
     Ok(h)
 }
 
-/// A fresh client on each database gets right answers.
+fn pg_err(e: tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} {}", d.code().code(), d.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A fresh client on each database gets right answers (within 10 s each).
 async fn fresh_client_ok(port: u16) -> Result<(), String> {
-    let c = try_connect(&url(port, "app", "app")).await.map_err(|e| e.to_string())?;
+    let t = Duration::from_secs(10);
+    let within = |r| match r {
+        Ok(r) => r,
+        Err(_) => Err("no answer within 10 s".to_string()),
+    };
+    within(tokio::time::timeout(t, fresh_queries(port)).await)
+}
+
+async fn fresh_queries(port: u16) -> Result<(), String> {
+    let c = try_connect(&url(port, "app", "app"))
+        .await
+        .map_err(pg_err)?;
     let r = c.query_one("SELECT $1::int8 + 1", &[&41i64]).await;
-    let v: i64 = r.map_err(|e| e.to_string())?.get(0);
+    let v: i64 = r.map_err(pg_err)?.get(0);
     if v != 42 {
         return Err(format!("app: SELECT 41 + 1 gave {v}"));
     }
-    let s = try_connect(&url(port, "app", "shop")).await.map_err(|e| e.to_string())?;
-    let r = s.query("SELECT customer_id FROM orders WHERE customer_id = $1", &[&7i64]).await;
-    let n = r.map_err(|e| e.to_string())?.len();
+    let s = try_connect(&url(port, "app", "shop"))
+        .await
+        .map_err(pg_err)?;
+    let r = s
+        .query(
+            "SELECT customer_id FROM orders WHERE customer_id = $1",
+            &[&7i64],
+        )
+        .await;
+    let n = r.map_err(pg_err)?.len();
     if n != 0 {
         return Err(format!("shop: {n} rows for a key nobody wrote"));
     }
@@ -212,7 +249,7 @@ async fn fresh_client_ok(port: u16) -> Result<(), String> {
 async fn network_fuzz() {
     let secs = env_u64("PGVANE_NETFUZZ_SECS", 60).max(5);
     let seed = env_u64("PGVANE_NETFUZZ_SEED", rand::random::<u32>() as u64);
-    let n_attackers = env_u64("PGVANE_NETFUZZ_ATTACKERS", 4);
+    let n_attackers = env_u64("PGVANE_NETFUZZ_ATTACKERS", 8);
     let n_clients = env_u64("PGVANE_NETFUZZ_CLIENTS", 12);
     let kinds: Vec<attack::Kind> = match std::env::var("PGVANE_NETFUZZ_KINDS") {
         Ok(s) => attack::KINDS
@@ -228,7 +265,7 @@ async fn network_fuzz() {
 
     let pg = PgServer::start();
     setup_schema(&pg);
-    let mut p = Pgvane::start_fn(|port| config(port, pg.port()));
+    let mut p = Pgvane::start_fn(|port| config(port, pg.port(), 5));
     let port = p.port();
     let pid = p.pid();
     let stats = Arc::new(Stats::default());
@@ -239,7 +276,11 @@ async fn network_fuzz() {
     for a in 0..n_attackers {
         let (stats, kinds) = (stats.clone(), kinds.clone());
         tasks.push(tokio::spawn(async move {
-            let target = attack::Target { port, dbs: vec!["app", "app", "shop"], kinds };
+            let target = attack::Target {
+                port,
+                dbs: vec!["app", "app", "shop"],
+                kinds,
+            };
             let mut rng = StdRng::seed_from_u64(seed ^ (a + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut i = 0u64;
             while Instant::now() < until {
@@ -263,13 +304,17 @@ async fn network_fuzz() {
     let mut threads = Vec::new();
     {
         let stats = stats.clone();
-        threads.push(std::thread::spawn(move || clients::psql_loop(port, seed, until, &stats)));
+        threads.push(std::thread::spawn(move || {
+            clients::psql_loop(port, seed, until, &stats)
+        }));
     }
     let tmp = std::env::temp_dir();
     for mode in ["extended", "prepared"] {
         let (stats, tmp) = (stats.clone(), tmp.clone());
         let bench_secs = secs.saturating_sub(2).max(1);
-        threads.push(std::thread::spawn(move || clients::pgbench(port, mode, bench_secs, &tmp, &stats)));
+        threads.push(std::thread::spawn(move || {
+            clients::pgbench(port, mode, bench_secs, &tmp, &stats)
+        }));
     }
 
     // RSS after warm-up, and the peak while running.
@@ -341,7 +386,10 @@ async fn network_fuzz() {
     if let Some((first, _)) = notes.first() {
         let recent = s.recent.lock().unwrap_or_else(|e| e.into_inner());
         println!("attacker cases finished in the 3 s before the first failure:");
-        for (t, d) in recent.iter().filter(|(t, _)| *t <= *first && *first - *t < Duration::from_secs(3)) {
+        for (t, d) in recent
+            .iter()
+            .filter(|(t, _)| *t <= *first && *first - *t < Duration::from_secs(3))
+        {
             println!("  {:.1}s {d}", (*t - start).as_secs_f64());
         }
     }
@@ -350,9 +398,18 @@ async fn network_fuzz() {
     for (what, n) in [
         ("wrong answers to well-behaved clients", g(&s.client_wrong)),
         ("errors for well-behaved clients", g(&s.client_error)),
-        ("missing answers (timeouts) for well-behaved clients", g(&s.client_missing)),
-        ("attacker sessions another session's answer reached", g(&s.attacker_wrong)),
-        ("well-formed attacker batches left unanswered", g(&s.attacker_hang)),
+        (
+            "missing answers (timeouts) for well-behaved clients",
+            g(&s.client_missing),
+        ),
+        (
+            "attacker sessions another session's answer reached",
+            g(&s.attacker_wrong),
+        ),
+        (
+            "well-formed attacker batches left unanswered",
+            g(&s.attacker_hang),
+        ),
     ] {
         if n > 0 {
             problems.push(format!("{n} {what}"));
@@ -366,13 +423,17 @@ async fn network_fuzz() {
         other => problems.push(format!("held after all clients left: {other:?}")),
     }
     if busy_backends.split(' ').next() != Some("0") {
-        problems.push(format!("PostgreSQL backends of app not idle (busy total): {busy_backends}"));
+        problems.push(format!(
+            "PostgreSQL backends of app not idle (busy total): {busy_backends}"
+        ));
     }
     if let Err(e) = &fresh {
         problems.push(format!("a fresh client was not answered: {e}"));
     }
     if rss_end > rss_warm + 20 * 1024 {
-        problems.push(format!("RSS {rss_end} KiB > warm-up {rss_warm} KiB + 20 MiB"));
+        problems.push(format!(
+            "RSS {rss_end} KiB > warm-up {rss_warm} KiB + 20 MiB"
+        ));
     }
     if cases == 0 || g(&s.client_ok) == 0 {
         problems.push("nothing ran".into());
@@ -386,5 +447,131 @@ async fn network_fuzz() {
         }
     }
     p.kill();
-    assert!(problems.is_empty(), "netfuzz (seed {seed}): {}", problems.join("; "));
+    assert!(
+        problems.is_empty(),
+        "netfuzz (seed {seed}): {}",
+        problems.join("; ")
+    );
+}
+
+/// The distilled reproductions (`netfuzz/repro.rs`), each alone against its own pgvane with a pool of one
+/// server connection: the session is answered, nothing stays held once it is gone, and a
+/// fresh client (whose settings differ, so pgvane syncs them) gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netfuzz_reproductions() {
+    let pg = PgServer::start();
+    setup_schema(&pg);
+    let mut failed = Vec::new();
+    for (i, s) in repro::scenarios().iter().enumerate() {
+        // A fresh pgvane per scenario, so one failure does not spill into the next.
+        let p = Pgvane::start_fn(|port| config(port, pg.port(), 1));
+        let port = p.port();
+        let session = repro::run(port, s).await;
+        let mut h = Err("not checked".to_string());
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h = held(port).await;
+            if matches!(h, Ok(x) if x == Held::default()) {
+                break;
+            }
+        }
+        let fresh = tokio::time::timeout(Duration::from_secs(5), async {
+            let u = format!(
+                "{} application_name=nf{i} options='-c work_mem={}kB'",
+                url(port, "app", "app"),
+                64 + i
+            );
+            let c = try_connect(&u).await.map_err(pg_err)?;
+            let r = c
+                .query_one(
+                    "SELECT $1::int8 + 1, current_setting('work_mem')",
+                    &[&(i as i64)],
+                )
+                .await;
+            let r = r.map_err(pg_err)?;
+            let got: (i64, String) = (r.get(0), r.get(1));
+            let want = (i as i64 + 1, format!("{}kB", 64 + i));
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("got {got:?}, want {want:?}"))
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("no answer in 5 s".to_string()));
+        let ok = session.is_ok() && matches!(h, Ok(x) if x == Held::default()) && fresh.is_ok();
+        println!(
+            "repro {:<48} session {session:?}; held {h:?}; fresh client {fresh:?}",
+            s.name
+        );
+        if !ok {
+            failed.push(s.name);
+        }
+    }
+    assert!(failed.is_empty(), "reproductions failing: {failed:?}");
+}
+
+/// Bisecting tool (ignored by default): one attacker alone against a pool of one server,
+/// checking after every case that nothing is held and a fresh client is answered; stops at
+/// the first case that breaks either and prints it. Same knobs as `network_fuzz`.
+/// `PGVANE_NETFUZZ_SECS=60 cargo test --release --test netfuzz netfuzz_solo -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn netfuzz_solo() {
+    let secs = env_u64("PGVANE_NETFUZZ_SECS", 60);
+    let seed = env_u64("PGVANE_NETFUZZ_SEED", rand::random::<u32>() as u64);
+    let kinds: Vec<attack::Kind> = match std::env::var("PGVANE_NETFUZZ_KINDS") {
+        Ok(s) => attack::KINDS
+            .into_iter()
+            .filter(|k| s.contains(k.name()))
+            .collect(),
+        Err(_) => attack::KINDS.to_vec(),
+    };
+    println!("netfuzz_solo: seed {seed}, {secs} s, {kinds:?}");
+    let pg = PgServer::start();
+    setup_schema(&pg);
+    let p = Pgvane::start_fn(|port| config(port, pg.port(), 1));
+    let port = p.port();
+    let stats = Stats::default();
+    let target = attack::Target {
+        port,
+        dbs: vec!["app", "shop"],
+        kinds,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0;
+    while Instant::now() < until {
+        *wire::TRACE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        let (_, desc) = attack::run_case(&mut rng, &target, &format!("solo.{n}"), &stats).await;
+        n += 1;
+        let mut h = Err("not checked".to_string());
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            h = held(port).await;
+            if matches!(h, Ok(x) if x == Held::default()) {
+                break;
+            }
+        }
+        let fresh = fresh_client_ok(port).await;
+        let notes = stats
+            .notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !notes.is_empty() || !matches!(h, Ok(x) if x == Held::default()) || fresh.is_err() {
+            let notes: Vec<String> = notes.into_iter().map(|(_, n)| n).collect();
+            let trace = wire::TRACE.lock().unwrap_or_else(|e| e.into_inner()).take();
+            for (i, w) in trace.unwrap_or_default().iter().enumerate() {
+                println!(
+                    "write {i}: {}",
+                    String::from_utf8_lossy(&w.escape_ascii().collect::<Vec<u8>>())
+                );
+            }
+            panic!(
+                "after {n} cases: {desc}\n  held {h:?}; fresh client {fresh:?}; notes {notes:?}"
+            );
+        }
+    }
+    println!("netfuzz_solo: {n} cases, none left anything behind");
 }

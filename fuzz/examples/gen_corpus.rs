@@ -51,7 +51,11 @@ fn frontend_seeds() -> Vec<Seed> {
     };
     add("simple_query", &|b| fe::query("SELECT 1", b).unwrap());
     add("simple_multi", &|b| {
-        fe::query("BEGIN; INSERT INTO t VALUES (1); SELECT * FROM t; COMMIT", b).unwrap()
+        fe::query(
+            "BEGIN; INSERT INTO t VALUES (1); SELECT * FROM t; COMMIT",
+            b,
+        )
+        .unwrap()
     });
     add("empty_query", &|b| fe::query("", b).unwrap());
     add("set_and_hint", &|b| {
@@ -78,7 +82,13 @@ fn frontend_seeds() -> Vec<Seed> {
     });
     // pgbench -M extended / -M prepared.
     add("pgbench_prepared", &|b| {
-        fe::parse("P0_1", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;", [], b).unwrap();
+        fe::parse(
+            "P0_1",
+            "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;",
+            [],
+            b,
+        )
+        .unwrap();
         b.extend_from_slice(&bind("P0_1", "", &[Some("-4000"), Some("12")], false));
         fe::describe(b'P', "", b).unwrap();
         fe::execute("", 0, b).unwrap();
@@ -134,7 +144,9 @@ fn frontend_seeds() -> Vec<Seed> {
         b.put_i32(0x7fff_fff0);
         b.put_slice(b"SELECT");
     });
-    add("password_message", &|b| fe::password_message(b"app-secret", b).unwrap());
+    add("password_message", &|b| {
+        fe::password_message(b"app-secret", b).unwrap()
+    });
     add("sasl_initial", &|b| {
         let c = ScramSha256::new(b"pw", ChannelBinding::unsupported());
         fe::sasl_initial_response("SCRAM-SHA-256", c.message(), b).unwrap();
@@ -168,7 +180,11 @@ fn startup_seeds() -> Vec<Seed> {
         (
             "tokio_postgres_login",
             join(
-                &startup(&[("client_encoding", "UTF8"), ("user", "app"), ("database", "app")]),
+                &startup(&[
+                    ("client_encoding", "UTF8"),
+                    ("user", "app"),
+                    ("database", "app"),
+                ]),
                 &sasl_body(real_first.message()),
                 format!("c=biws,r=@N,{proof}").as_bytes(),
             ),

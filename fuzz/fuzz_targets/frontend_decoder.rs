@@ -81,7 +81,11 @@ fn decode_frame(frame: &[u8]) {
         protocol::target_msg(&mut out, frame[0], kind, name);
         // Describe/Close end at the name's terminator; a re-encoded frame is the prefix.
         assert!(out.len() <= frame.len());
-        assert_eq!(&out[5..], &frame[5..out.len()], "Describe/Close name mangled");
+        assert_eq!(
+            &out[5..],
+            &frame[5..out.len()],
+            "Describe/Close name mangled"
+        );
     }
     if let Ok(sql) = protocol::query_text(frame) {
         assert!(!sql.contains(&0));
@@ -96,7 +100,10 @@ fn decode_frame(frame: &[u8]) {
     protocol::downgrade_fatal(frame, &mut out);
     let mut copy = out.clone();
     let again = protocol::split_frame(&mut copy, usize::MAX >> 1);
-    assert!(matches!(again, Ok(Some(ref f)) if f.len() == out.len()), "downgrade_fatal frame");
+    assert!(
+        matches!(again, Ok(Some(ref f)) if f.len() == out.len()),
+        "downgrade_fatal frame"
+    );
     let _ = protocol::parse_auth_request(frame);
     let _ = protocol::parse_parameter_status(frame);
     let _ = protocol::parse_backend_key(frame);

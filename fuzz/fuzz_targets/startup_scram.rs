@@ -22,7 +22,8 @@ const SEP: &[u8] = b"\xff\x00";
 
 fn verifier() -> ScramVerifier {
     static V: OnceLock<ScramVerifier> = OnceLock::new();
-    V.get_or_init(|| ScramVerifier::from_password("fuzz-secret")).clone()
+    V.get_or_init(|| ScramVerifier::from_password("fuzz-secret"))
+        .clone()
 }
 
 fn split_parts(data: &[u8]) -> [&[u8]; 3] {
@@ -85,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&fin)
     );
     assert!(server.handle_client_final(&fin).is_err(), "replay accepted");
-    assert!(server.handle_client_first(client_first).is_err(), "restart accepted");
+    assert!(
+        server.handle_client_first(client_first).is_err(),
+        "restart accepted"
+    );
 });
 
 fn replace_token(hay: &[u8], token: &[u8], with: &[u8]) -> Vec<u8> {

@@ -131,11 +131,22 @@ async fn one_op(c: &Client, kind: usize, me: i64, n: i64, rng: &mut StdRng) -> C
 
 /// One tokio-postgres client of `kind` until `until`; reconnects after failures and, now
 /// and then, to churn logins.
-pub async fn client_loop(url: String, kind: usize, me: i64, seed: u64, until: Instant, stats: &Stats) {
+pub async fn client_loop(
+    url: String,
+    kind: usize,
+    me: i64,
+    seed: u64,
+    until: Instant,
+    stats: &Stats,
+) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut n = 0i64;
     'connect: while Instant::now() < until {
-        let conn = timeout(QUERY_TIMEOUT, tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+        let conn = timeout(
+            QUERY_TIMEOUT,
+            tokio_postgres::connect(&url, tokio_postgres::NoTls),
+        )
+        .await;
         let client = match conn {
             Ok(Ok((client, conn))) => {
                 tokio::spawn(async move {
@@ -149,7 +160,10 @@ pub async fn client_loop(url: String, kind: usize, me: i64, seed: u64, until: In
                 continue;
             }
             Err(_) => {
-                stats.fail(&stats.client_missing, format!("client {me} connect: timeout"));
+                stats.fail(
+                    &stats.client_missing,
+                    format!("client {me} connect: timeout"),
+                );
                 continue;
             }
         };
@@ -209,7 +223,10 @@ pub fn psql_loop(port: u16, seed: u64, until: Instant, stats: &Stats) {
         stats.bump(&stats.client_queries);
         let Ok(child) = cmd.spawn() else { break };
         match wait_child(child, QUERY_TIMEOUT) {
-            None => stats.fail(&stats.client_missing, format!("psql SELECT {v} + 1: no answer")),
+            None => stats.fail(
+                &stats.client_missing,
+                format!("psql SELECT {v} + 1: no answer"),
+            ),
             Some(out) => {
                 let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 if out.status.success() && got == (v + 1).to_string() {
@@ -229,26 +246,45 @@ pub fn psql_loop(port: u16, seed: u64, until: Instant, stats: &Stats) {
 /// failed transaction. Blocking.
 pub fn pgbench(port: u16, mode: &str, secs: u64, dir: &std::path::Path, stats: &Stats) {
     let script = dir.join(format!("netfuzz-{mode}.sql"));
-    let body = "\\set v random(1, 1000000000)\nSELECT :v::int8 + 1;\nBEGIN;\nSELECT :v::int8 * 2;\nEND;\n";
+    let body =
+        "\\set v random(1, 1000000000)\nSELECT :v::int8 + 1;\nBEGIN;\nSELECT :v::int8 * 2;\nEND;\n";
     if std::fs::write(&script, body).is_err() {
         return;
     }
     let mut cmd = Command::new(super::common::bin("pgbench"));
     super::common::util::scrub_pg_env(&mut cmd);
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app", "-n"])
-        .args(["-c", "2", "-j", "1", "-T", &secs.to_string(), "-M", mode, "-f"])
-        .arg(&script)
-        .arg("app")
-        .env("PGPASSWORD", "app-secret")
-        .env("PGSSLMODE", "disable")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "app",
+        "-n",
+    ])
+    .args([
+        "-c",
+        "2",
+        "-j",
+        "1",
+        "-T",
+        &secs.to_string(),
+        "-M",
+        mode,
+        "-f",
+    ])
+    .arg(&script)
+    .arg("app")
+    .env("PGPASSWORD", "app-secret")
+    .env("PGSSLMODE", "disable")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let Ok(child) = cmd.spawn() else { return };
     stats.bump(&stats.client_queries);
-    match wait_child(child, Duration::from_secs(secs + 30)) {
+    match wait_child(child, Duration::from_secs(secs + 15)) {
         None => stats.fail(
             &stats.client_missing,
-            format!("pgbench -M {mode} -T {secs}: still running {}s after its end", 30),
+            format!("pgbench -M {mode} -T {secs}: still running 15 s after its end"),
         ),
         Some(out) => {
             let text = String::from_utf8_lossy(&out.stdout);
@@ -267,7 +303,10 @@ pub fn pgbench(port: u16, mode: &str, secs: u64, dir: &std::path::Path, stats: &
             } else {
                 let err = String::from_utf8_lossy(&out.stderr);
                 let tail: String = err.lines().rev().take(5).collect::<Vec<_>>().join(" / ");
-                let m = format!("pgbench -M {mode}: {} done={done} failed={failed:?}: {tail}", out.status);
+                let m = format!(
+                    "pgbench -M {mode}: {} done={done} failed={failed:?}: {tail}",
+                    out.status
+                );
                 stats.fail(&stats.client_wrong, m);
             }
         }

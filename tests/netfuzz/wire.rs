@@ -53,6 +53,9 @@ pub struct Raw {
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// When `Some`, every write is recorded here (the solo bisecting test prints them).
+pub static TRACE: std::sync::Mutex<Option<Vec<Vec<u8>>>> = std::sync::Mutex::new(None);
+
 impl Raw {
     pub async fn connect(port: u16) -> std::io::Result<Raw> {
         let s = timeout(IO_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
@@ -67,6 +70,9 @@ impl Raw {
 
     /// Writes all of `b`; a peer that stops reading makes this time out, not hang.
     pub async fn send(&mut self, b: &[u8]) -> bool {
+        if let Some(t) = TRACE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            t.push(b.to_vec());
+        }
         matches!(timeout(IO_TIMEOUT, self.s.write_all(b)).await, Ok(Ok(())))
     }
 
@@ -138,28 +144,38 @@ pub enum Login {
 }
 
 /// Startup + SCRAM-SHA-256 login; `first`/`last` may rewrite the SASLInitialResponse and
-/// SASLResponse frames. Waits for the first ReadyForQuery.
+/// SASLResponse frames. Waits for the first ReadyForQuery, at most `wait` per message.
 pub async fn login(
     c: &mut Raw,
     user: &str,
     password: &str,
     db: &str,
+    wait: Duration,
     first: Mutator<'_>,
     last: Mutator<'_>,
 ) -> Login {
     let mut out = BytesMut::new();
-    let params = [("user", user), ("database", db), ("application_name", "netfuzz")];
+    let params = [
+        ("user", user),
+        ("database", db),
+        ("application_name", "netfuzz"),
+    ];
     fe::startup_message(params, &mut out).expect("startup message");
     if !c.send(&out).await {
         return Login::Ended(ReadEnd::Timeout);
     }
     let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
     loop {
-        let f = match c.frame(Duration::from_secs(10)).await {
+        let f = match c.frame(wait).await {
             Ok(f) => f,
             Err(e) => return Login::Ended(e),
         };
-        let msg = match (f.tag, f.body.get(..4).map(|c| c.try_into().map(i32::from_be_bytes))) {
+        let msg = match (
+            f.tag,
+            f.body
+                .get(..4)
+                .map(|c| c.try_into().map(i32::from_be_bytes)),
+        ) {
             (b'E', _) => return Login::Refused(f.sqlstate()),
             (b'Z', _) => return Login::Ok,
             (b'R', Some(Ok(10))) => {
