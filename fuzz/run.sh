@@ -15,7 +15,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(frontend_decoder startup_scram)
+    targets=(frontend_decoder startup_scram response_tracker)
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use super::session::{End, Session};
-use super::tracker::Owed;
+use super::tracker::{Copy, Owed};
 use crate::params::{self, SetCmd};
 use crate::protocol;
 
@@ -93,6 +93,24 @@ impl Session {
                 _ => {}
             }
             return Ok(());
+        }
+        if self.server.is_some() && self.pending.copy() == Copy::In {
+            match tag {
+                b'd' | b'c' | b'f' | b'X' => {}
+                // PostgreSQL ignores these during COPY IN; if the COPY has just failed it
+                // would answer the Sync, so whether an answer comes depends on a race:
+                // pgvane does not forward them, so the server's state stays known.
+                b'S' | b'H' => return Ok(()),
+                other => {
+                    if let Some(s) = self.server.as_mut() {
+                        s.broken = true;
+                    }
+                    return Err(End::Fatal(
+                        "08P01",
+                        format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                    ));
+                }
+            }
         }
         match tag {
             b'X' => Err(End::ClientGone),

@@ -269,13 +269,10 @@ impl Pending {
             }
             _ => {}
         }
-        if self.skipping {
-            match owed {
-                // Discarded by the server until the Sync; pgvane's own answers likewise.
-                Owed::Sync => {}
-                Owed::Query { .. } | Owed::Function | Owed::Internal | Owed::SwallowReady => {}
-                _ => return,
-            }
+        if self.skipping && !matches!(owed, Owed::Sync | Owed::SwallowReady) {
+            // PostgreSQL discards every message until the Sync (simple queries and function
+            // calls included); pgvane's own answers likewise.
+            return;
         }
         self.queue.push_back(owed);
     }
@@ -485,15 +482,20 @@ impl Pending {
                     skipped: Vec::new(),
                 })
             }
-            Some(Owed::Function) | Some(Owed::Internal) => Ok(Step::Error {
-                skipped: Vec::new(),
-            }),
-            Some(Owed::Sync | Owed::SwallowReady | Owed::Synthetic(_)) => self.fail(b'E'),
+            // A function call's error, or an error at Sync (the implicit COMMIT of the batch
+            // failed): ReadyForQuery follows.
+            Some(Owed::Function | Owed::Internal | Owed::Sync | Owed::SwallowReady) => {
+                Ok(Step::Error {
+                    skipped: Vec::new(),
+                })
+            }
+            Some(Owed::Synthetic(_)) => self.fail(b'E'),
             Some(_) => {
-                // Extended protocol: the server skips everything up to the next Sync.
+                // Extended protocol: the server skips every message up to the next Sync,
+                // simple queries and function calls included.
                 let mut skipped = Vec::new();
                 while let Some(o) = self.queue.front() {
-                    if o.ends_with_ready() {
+                    if matches!(o, Owed::Sync | Owed::SwallowReady) {
                         break;
                     }
                     if let Some(o) = self.queue.pop_front() {

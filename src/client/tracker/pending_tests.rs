@@ -526,3 +526,47 @@ fn replay_swallows_the_original_ready() {
     assert_eq!(t, "rffR");
     assert!(p.reusable());
 }
+
+#[test]
+fn after_an_extended_error_queries_and_function_calls_are_skipped_too() {
+    // PostgreSQL ignores every message until Sync after an extended-protocol error.
+    let mut p = Pending::new();
+    for o in [parse(), execute(), query(), Owed::Function, Owed::Sync, query()] {
+        p.sent(o);
+    }
+    assert_eq!(feed(&mut p, &[error()]), "E4");
+    let t = feed(
+        &mut p,
+        &[ready(b'I'), msg(b'T', &[0, 0]), complete("SELECT 1"), ready(b'I')],
+    );
+    assert_eq!(t, "RFFR");
+    // And while skipping with nothing queued, a Query sent is not answered either.
+    p.sent(parse());
+    assert_eq!(feed(&mut p, &[error()]), "E1");
+    p.sent(query());
+    p.sent(Owed::Function);
+    assert!(p.is_empty());
+    p.sent(Owed::Sync);
+    assert_eq!(feed(&mut p, &[ready(b'I')]), "R");
+    assert!(p.reusable());
+}
+
+#[test]
+fn an_error_at_sync_is_the_failed_implicit_commit() {
+    let mut p = Pending::new();
+    for o in [parse(), bind(), execute(), Owed::Sync] {
+        p.sent(o);
+    }
+    let t = feed(
+        &mut p,
+        &[
+            msg(b'1', &[]),
+            msg(b'2', &[]),
+            complete("INSERT 0 1"),
+            error(),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(t, "fffE0R");
+    assert!(p.reusable());
+}
