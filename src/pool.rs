@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::logging::{bounded, RateLimit};
 use crate::protocol::ErrorFields;
 use crate::server::{ConnectParams, ServerConn, ServerError};
 
@@ -127,6 +128,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Total connections open (idle + in use).
     open: AtomicUsize,
+    /// Connections being opened right now (so maintenance does not open them twice).
+    opening: AtomicUsize,
     /// PAUSE: checkouts wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -181,6 +184,7 @@ impl Pool {
             reported: Mutex::new(None),
             stats: PoolStats::default(),
             open: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             generation: AtomicU64::new(0),
@@ -279,10 +283,11 @@ impl Pool {
             let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(mut conn) = candidate else { break };
             let now = Instant::now();
-            let too_old = now.duration_since(conn.created) >= s.lifetime && !s.lifetime.is_zero();
             let idle_for = now.duration_since(conn.last_used);
-            let too_idle = idle_for >= s.idle_timeout && !s.idle_timeout.is_zero();
-            if too_old || too_idle || !conn.looks_alive() {
+            if past_lifetime(&s, now, conn.created)
+                || past_idle_timeout(&s, now, conn.last_used)
+                || !conn.looks_alive()
+            {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 tokio::spawn(conn.close());
                 continue;
@@ -309,9 +314,25 @@ impl Pool {
                 _permit: permit,
             });
         }
-        let conn = ServerConn::connect(&s.connect)
-            .await
-            .map_err(PoolError::Connect)?;
+        let conn = self.open_new(&s).await.map_err(PoolError::Connect)?;
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Open a new server connection and count it as open (the caller holds a permit).
+    async fn open_new(&self, s: &PoolSettings) -> Result<ServerConn, ServerError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        self.opening.fetch_add(1, Ordering::Relaxed);
+        let r = ServerConn::connect(&s.connect).await;
+        self.opening.fetch_sub(1, Ordering::Relaxed);
+        let mut conn = r?;
+        // Stamped with the generation it was opened in, so RECONNECT retires it only if it
+        // happened meanwhile (an unstamped 0 would retire every connection after one RECONNECT).
+        conn.generation = generation;
         self.stats.total_connects.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut r) = self.reported.lock() {
             if r.is_none() {
@@ -319,12 +340,90 @@ impl Pool {
             }
         }
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-        })
+        Ok(conn)
+    }
+
+    /// Close idle connections that the server closed, that are past `server_lifetime`, or
+    /// past `server_idle_timeout` as long as that leaves `min_pool_size` open. Takes the idle
+    /// lock once, never awaits (the liveness probe is a non-blocking read).
+    fn reap_idle(&self, s: &PoolSettings, now: Instant) {
+        let expired: Vec<ServerConn> = match self.idle.lock() {
+            Ok(mut v) => {
+                let mut open = self.open_count();
+                let min = s.min_size.min(s.size);
+                let mut keep = Vec::with_capacity(v.len());
+                let mut gone = Vec::new();
+                // Oldest-used first (the Vec is LIFO), so the warmest stay.
+                for mut c in v.drain(..) {
+                    let old = past_lifetime(s, now, c.created);
+                    let idle = past_idle_timeout(s, now, c.last_used) && open > min;
+                    // A server that closed an idle connection (restart, pg_terminate_backend)
+                    // has sent something or EOF: gone, so the minimum is refilled.
+                    if old || idle || !c.looks_alive() {
+                        open = open.saturating_sub(1);
+                        gone.push(c);
+                    } else {
+                        keep.push(c);
+                    }
+                }
+                *v = keep;
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        self.open.fetch_sub(expired.len(), Ordering::Relaxed);
+        for c in expired {
+            tokio::spawn(c.close());
+        }
+    }
+
+    /// Open connections until `min_pool_size` are open, one at a time, each bounded by
+    /// `server_connect_timeout`. Stops at the first failure (retried next round) and when
+    /// no permit is free (clients hold them all, so the pool is busy, not cold).
+    async fn fill_to_min(&self, s: &PoolSettings) {
+        if self.is_paused() || self.is_closed() {
+            return;
+        }
+        for _ in 0..s.min_size.min(s.size) {
+            let open = self.open_count() + self.opening.load(Ordering::Relaxed);
+            if missing(open, s.min_size, s.size) == 0 {
+                return;
+            }
+            let Ok(permit) = self.main.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.open_new(s).await {
+                Ok(mut conn) => {
+                    if self.is_closed()
+                        || conn.generation != self.generation.load(Ordering::Relaxed)
+                    {
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                        tokio::spawn(conn.close());
+                        return;
+                    }
+                    conn.last_used = Instant::now();
+                    if let Ok(mut v) = self.idle.lock() {
+                        // At the bottom: a warm-up connection is the coldest.
+                        v.insert(0, conn);
+                    }
+                }
+                Err(e) => {
+                    static FAILED: RateLimit = RateLimit::per_second(1);
+                    if let Some(suppressed) = FAILED.check() {
+                        tracing::warn!(
+                            database = %self.key.database,
+                            user = %self.key.user,
+                            server = %format!("{}:{}", self.key.host, self.key.port),
+                            error = %bounded(&e.to_string(), 300),
+                            suppressed,
+                            "min_pool_size: could not open a server connection; retrying"
+                        );
+                    }
+                    return;
+                }
+            }
+            drop(permit);
+        }
     }
 
     /// Return a clean, idle connection.
@@ -450,45 +549,38 @@ impl Pool {
     }
 }
 
+/// How often maintenance looks at each pool.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Per pool, until the pool is dropped or closed: retire expired idle connections and keep
+/// `min_pool_size` open. Every step awaits or is bounded by the idle list's length, and the
+/// task sleeps between rounds, so it can never hold a worker.
 async fn maintain(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        let s = pool.settings();
-        let now = Instant::now();
-        let expired: Vec<ServerConn> = match pool.idle.lock() {
-            Ok(mut v) => {
-                let mut keep = Vec::with_capacity(v.len());
-                let mut gone = Vec::new();
-                for c in v.drain(..) {
-                    let old = !s.lifetime.is_zero() && now.duration_since(c.created) >= s.lifetime;
-                    let idle = !s.idle_timeout.is_zero()
-                        && now.duration_since(c.last_used) >= s.idle_timeout;
-                    if old || idle {
-                        gone.push(c);
-                    } else {
-                        keep.push(c);
-                    }
-                }
-                *v = keep;
-                gone
+        {
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.is_closed() {
+                return;
             }
-            Err(_) => Vec::new(),
-        };
-        pool.open.fetch_sub(expired.len(), Ordering::Relaxed);
-        for c in expired {
-            tokio::spawn(c.close());
+            let s = pool.settings();
+            pool.reap_idle(&s, Instant::now());
+            pool.fill_to_min(&s).await;
         }
-        // Keep min_pool_size connections open.
-        while pool.open_count() < s.min_size.min(s.size) {
-            match tokio::time::timeout(Duration::from_millis(10), pool.get()).await {
-                Ok(Ok(c)) => pool.put(c),
-                _ => break,
-            }
-        }
+        tokio::time::sleep(MAINTAIN_EVERY).await;
     }
+}
+
+/// Connections to open so that `min` (capped at the pool `size`) are open.
+fn missing(open: usize, min: usize, size: usize) -> usize {
+    min.min(size).saturating_sub(open)
+}
+
+fn past_lifetime(s: &PoolSettings, now: Instant, created: Instant) -> bool {
+    !s.lifetime.is_zero() && now.saturating_duration_since(created) >= s.lifetime
+}
+
+fn past_idle_timeout(s: &PoolSettings, now: Instant, last_used: Instant) -> bool {
+    !s.idle_timeout.is_zero() && now.saturating_duration_since(last_used) >= s.idle_timeout
 }
 
 /// An idle server connection as SHOW SERVERS lists it.
@@ -499,4 +591,234 @@ pub struct IdleServer {
     pub local_addr: Option<std::net::SocketAddr>,
     pub created: Instant,
     pub last_used: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn settings(port: u16, min: usize, size: usize) -> PoolSettings {
+        PoolSettings {
+            size,
+            min_size: min,
+            reserve_size: 0,
+            reserve_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+            check_delay: Duration::from_secs(30),
+            check_query: String::new(),
+            reset_query: String::new(),
+            max_prepared: 10,
+            connect: ConnectParams {
+                host: "127.0.0.1".into(),
+                port,
+                user: "u".into(),
+                password: None,
+                dbname: "d".into(),
+                connect_timeout: Duration::from_secs(2),
+                startup: Vec::new(),
+            },
+        }
+    }
+
+    fn key(port: u16) -> PoolKey {
+        PoolKey {
+            user: "u".into(),
+            database: "d".into(),
+            host: "127.0.0.1".into(),
+            port,
+            dbname: "d".into(),
+        }
+    }
+
+    /// A stand-in server on loopback: reads the startup packet, answers AuthenticationOk,
+    /// BackendKeyData and ReadyForQuery, then keeps the socket until the peer closes it.
+    /// Returns its port and the number of logins it accepted.
+    async fn fake_server() -> (u16, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let logins = Arc::new(AtomicUsize::new(0));
+        let n = logins.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let mut out = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+                    out.extend_from_slice(&[b'K', 0, 0, 0, 12, 0, 0, 0, 7, 0, 0, 0, 9]);
+                    out.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+                    if s.write_all(&out).await.is_ok() {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut sink = [0u8; 256];
+                    while matches!(s.read(&mut sink).await, Ok(k) if k > 0) {}
+                });
+            }
+        });
+        (port, logins)
+    }
+
+    /// Runs `body` on a single-threaded runtime in its own thread: if anything in it holds
+    /// the thread (a spin), the test fails after `limit` instead of hanging.
+    fn on_one_thread<F>(limit: Duration, body: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()>,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(body());
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(limit)
+            .expect("the runtime was blocked (maintenance spun or blocked)");
+    }
+
+    #[test]
+    fn missing_counts_up_to_the_capped_minimum() {
+        assert_eq!(missing(0, 2, 5), 2);
+        assert_eq!(missing(1, 2, 5), 1);
+        assert_eq!(missing(2, 2, 5), 0);
+        assert_eq!(missing(7, 2, 5), 0);
+        assert_eq!(missing(0, 9, 3), 3, "never above the pool size");
+        assert_eq!(missing(0, 0, 3), 0);
+    }
+
+    #[test]
+    fn expiry_rules() {
+        let now = Instant::now();
+        let mut s = settings(1, 0, 1);
+        s.lifetime = Duration::from_secs(10);
+        s.idle_timeout = Duration::from_secs(5);
+        let ago = |secs| now - Duration::from_secs(secs);
+        assert!(past_lifetime(&s, now, ago(10)));
+        assert!(!past_lifetime(&s, now, ago(9)));
+        assert!(past_idle_timeout(&s, now, ago(5)));
+        assert!(!past_idle_timeout(&s, now, ago(4)));
+        // A timestamp after `now` (taken on another thread) is not expired, and no panic.
+        assert!(!past_lifetime(&s, now, now + Duration::from_secs(1)));
+        s.lifetime = Duration::ZERO;
+        s.idle_timeout = Duration::ZERO;
+        assert!(!past_lifetime(&s, now, ago(100_000)), "0 = off");
+        assert!(!past_idle_timeout(&s, now, ago(100_000)), "0 = off");
+    }
+
+    #[test]
+    fn min_pool_size_is_opened_once_and_the_runtime_stays_free() {
+        on_one_thread(Duration::from_secs(20), || async {
+            let (port, logins) = fake_server().await;
+            let pool = Pool::new(key(port), settings(port, 2, 5));
+            // A client takes one connection and gives it back, as in the report.
+            let c = pool.get().await.unwrap();
+            pool.put(c);
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            ticker.abort();
+            assert_eq!(pool.open_count(), 2);
+            assert_eq!(pool.idle_count(), 2);
+            assert_eq!(logins.load(Ordering::Relaxed), 2, "no churn between rounds");
+            assert!(
+                ticks.load(Ordering::Relaxed) > 100,
+                "other tasks ran: {} ticks in 2.5 s",
+                ticks.load(Ordering::Relaxed)
+            );
+        });
+    }
+
+    #[test]
+    fn refused_connections_are_retried_each_round_without_spinning() {
+        on_one_thread(Duration::from_secs(20), || async {
+            // A port nobody listens on: every connect is refused at once.
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let pool = Pool::new(key(port), settings(port, 3, 5));
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    t.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            ticker.abort();
+            assert_eq!(pool.open_count(), 0);
+            assert!(ticks.load(Ordering::Relaxed) > 60);
+        });
+    }
+
+    #[test]
+    fn closed_pool_stops_maintenance_and_paused_pool_opens_nothing() {
+        on_one_thread(Duration::from_secs(20), || async {
+            let (port, logins) = fake_server().await;
+            let pool = Pool::new(key(port), settings(port, 2, 5));
+            pool.pause();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(logins.load(Ordering::Relaxed), 0, "paused: nothing opened");
+            pool.resume();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(pool.open_count(), 2);
+            pool.close();
+            assert_eq!(pool.open_count(), 0);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                logins.load(Ordering::Relaxed),
+                2,
+                "closed: nothing reopened"
+            );
+        });
+    }
+
+    #[test]
+    fn idle_timeout_spares_the_minimum_and_reconnect_generation_sticks() {
+        on_one_thread(Duration::from_secs(20), || async {
+            let (port, logins) = fake_server().await;
+            let mut s = settings(port, 1, 5);
+            s.idle_timeout = Duration::from_millis(300);
+            let pool = Pool::new(key(port), s);
+            let a = pool.get().await.unwrap();
+            let b = pool.get().await.unwrap();
+            let c = pool.get().await.unwrap();
+            pool.put(a);
+            pool.put(b);
+            pool.put(c);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                pool.open_count(),
+                1,
+                "idle ones closed down to min_pool_size"
+            );
+            let before = logins.load(Ordering::Relaxed);
+            // After RECONNECT, new connections are reused, not retired on every return.
+            pool.reconnect();
+            let c = pool.get().await.unwrap();
+            pool.put(c);
+            let c = pool.get().await.unwrap();
+            pool.put(c);
+            assert_eq!(pool.idle_count(), 1);
+            assert!(logins.load(Ordering::Relaxed) - before <= 2);
+        });
+    }
 }

@@ -47,7 +47,9 @@ fn start_on(pg: &PgServer, general: &str) -> Pgvane {
 }
 
 fn url(port: u16, user: &str, password: &str) -> String {
-    format!("host=127.0.0.1 port={port} user={user} password={password} dbname=app connect_timeout=10")
+    format!(
+        "host=127.0.0.1 port={port} user={user} password={password} dbname=app connect_timeout=10"
+    )
 }
 
 /// Runs `cmd` for at most `limit`; `None` (and the child killed) if it did not finish.
@@ -141,7 +143,11 @@ async fn min_pool_size_is_kept_without_blocking_anyone() {
 
     // The minimum is held on PostgreSQL by connections that stay (not ones coming and going).
     let n = settled_count(&pg, "app", 3);
-    assert!((3..=5).contains(&n), "pool holds {n} server connections, want 3..=5\n{}", p.log());
+    assert!(
+        (3..=5).contains(&n),
+        "pool holds {n} server connections, want 3..=5\n{}",
+        p.log()
+    );
 
     // Still answering after several more maintenance rounds.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -243,7 +249,10 @@ async fn silent_sockets_do_not_count_as_clients() {
     assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(psql_within(&p, "app", "SELECT 2", Duration::from_secs(5)), "2");
+    assert_eq!(
+        psql_within(&p, "app", "SELECT 2", Duration::from_secs(5)),
+        "2"
+    );
     // The silent sockets are still waiting (default client_login_timeout is 60 s).
     assert!(!is_closed(&mut silent[0]));
 }
@@ -271,7 +280,10 @@ fn client_login_timeout_closes_silent_sockets() {
         // Blocking read: returns at the close (EOF), at most 10 s.
         let mut buf = [0u8; 64];
         let n = s.read(&mut buf).unwrap_or(0);
-        assert_eq!(n, 0, "a socket that sent nothing is closed without a message");
+        assert_eq!(
+            n, 0,
+            "a socket that sent nothing is closed without a message"
+        );
     }
     let waited = started.elapsed();
     assert!(
@@ -302,11 +314,18 @@ fn pending_login_flood_evicts_the_oldest_not_the_newcomer() {
     let v = psql_within(&p, "app", "SELECT 'after flood'", Duration::from_secs(5));
     assert_eq!(v, "after flood");
     std::thread::sleep(Duration::from_millis(200));
-    let open = silent.iter_mut().map(|s| !is_closed(s)).filter(|&o| o).count();
+    let open = silent
+        .iter_mut()
+        .map(|s| !is_closed(s))
+        .filter(|&o| o)
+        .count();
     assert!(open <= 10, "{open} silent sockets still open, cap is 10");
     // The oldest went first.
     assert!(is_closed(&mut silent[0]), "oldest silent socket closed");
-    assert!(!is_closed(&mut silent[29]), "newest silent socket still open");
+    assert!(
+        !is_closed(&mut silent[29]),
+        "newest silent socket still open"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,10 +388,7 @@ fn scram_fail(port: u16, user: &str) -> (Flow, String, String) {
     let (t, body) = read_msg(&mut s);
     assert_eq!(t, b'R', "{user}: {:?}", String::from_utf8_lossy(&body));
     let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    steps.push(format!(
-        "R{code} {:?}",
-        String::from_utf8_lossy(&body[4..])
-    ));
+    steps.push(format!("R{code} {:?}", String::from_utf8_lossy(&body[4..])));
     let nonce = "rOprNGfwEbeRWgbNEkqO";
     let first = format!("n,,n=,r={nonce}");
     let mut data = b"SCRAM-SHA-256\0".to_vec();
@@ -445,7 +461,10 @@ async fn unknown_user_looks_like_wrong_password_scram() {
     assert_eq!(unknown.error, failed("nosuch"));
     assert_eq!(known.steps, unknown.steps, "same message flow");
     // Like PostgreSQL's mock verifier: stable per unknown name, different between names.
-    assert_eq!(salt1, salt2, "an unknown user's salt does not change between tries");
+    assert_eq!(
+        salt1, salt2,
+        "an unknown user's salt does not change between tries"
+    );
     assert_ne!(salt1, other_salt);
     assert_ne!(salt1, known_salt);
     // PostgreSQL itself answers the same for an unknown role.
@@ -477,11 +496,7 @@ async fn unknown_user_looks_like_wrong_password_scram() {
     let logged = poll(Duration::from_secs(3), Duration::from_millis(50), || {
         p.log().contains(&local).then_some(())
     });
-    assert!(
-        logged.is_some(),
-        "log names the peer {local}:\n{}",
-        p.log()
-    );
+    assert!(logged.is_some(), "log names the peer {local}:\n{}", p.log());
 }
 
 #[test]
@@ -504,11 +519,7 @@ fn unknown_user_looks_like_wrong_password_md5() {
     let logged = poll(Duration::from_secs(3), Duration::from_millis(50), || {
         p.log().contains(&local).then_some(())
     });
-    assert!(
-        logged.is_some(),
-        "log names the peer {local}:\n{}",
-        p.log()
-    );
+    assert!(logged.is_some(), "log names the peer {local}:\n{}", p.log());
 }
 
 #[test]
