@@ -258,6 +258,20 @@ async fn silent_sockets_do_not_count_as_clients() {
 }
 
 #[test]
+fn reported_flood_of_1100_silent_sockets_with_defaults() {
+    // The report: max_client_conn = 1000, 1,100 sockets that never send a startup packet.
+    let p = start_on(shared(), "max_client_conn = 1000");
+    let _silent = silent_sockets(p.port(), 1100);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let v = psql_within(&p, "app", "SELECT 'in'", Duration::from_secs(5));
+    let took = started.elapsed();
+    assert_eq!(v, "in");
+    eprintln!("login with 1100 silent sockets open took {took:?}");
+    assert!(took < Duration::from_secs(3), "login took {took:?}");
+}
+
+#[test]
 fn client_login_timeout_closes_silent_sockets() {
     let p = start_on(shared(), "client_login_timeout = \"1s\"");
     let started = Instant::now();
