@@ -1,5 +1,6 @@
 //! Process-wide state shared by all sessions: the running configuration, the registry of
-//! pools, cancel keys handed to clients, client counting and the shutdown signal.
+//! pools, cancel keys handed to clients, client counting (logged-in clients, and the sockets
+//! still logging in, oldest first) and the shutdown signal.
 //!
 //! Must not: do per-message work. Sessions look things up here once (at login, at checkout)
 //! and keep what they need.
@@ -89,7 +90,10 @@ pub struct App {
     next_client: AtomicU64,
     /// DISABLE db: new logins to these databases are refused.
     disabled: Mutex<HashSet<String>>,
+    /// Logged-in clients (sessions and admin consoles), against `max_client_conn`.
     pub clients: AtomicUsize,
+    /// Sockets that have not finished logging in, against `max_pending_logins`.
+    pending: Mutex<PendingLogins>,
     pub shutdown_tx: watch::Sender<bool>,
     pub shutdown_rx: watch::Receiver<bool>,
     /// Admin console and operations state: config file path (RELOAD/SIGHUP), paused
@@ -113,6 +117,7 @@ impl App {
             next_client: AtomicU64::new(1),
             disabled: Mutex::new(HashSet::new()),
             clients: AtomicUsize::new(0),
+            pending: Mutex::new(PendingLogins::default()),
             shutdown_tx: tx,
             shutdown_rx: rx,
             input,
@@ -363,8 +368,62 @@ impl App {
         }
     }
 
+    /// Logged-in clients.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Sockets still logging in.
+    pub fn pending_login_count(&self) -> usize {
+        self.pending.lock().map(|p| p.order.len()).unwrap_or(0)
+    }
+
+    /// Register a socket that starts logging in. When `max` are pending already, the oldest
+    /// is told to close (its ticket's `evicted` fires), so a flood of sockets that never log
+    /// in delays nobody who does; the ticket returned is never the one evicted.
+    pub fn begin_login(self: &Arc<Self>, max: usize) -> LoginTicket {
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        let mut p = match self.pending.lock() {
+            Ok(p) => p,
+            Err(e) => e.into_inner(),
+        };
+        while p.order.len() >= max.max(1) {
+            match p.order.pop_first() {
+                Some((_, oldest)) => oldest.notify_one(),
+                None => break,
+            }
+        }
+        let id = p.next;
+        p.next += 1;
+        p.order.insert(id, evicted.clone());
+        LoginTicket {
+            app: self.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+/// Pending logins, oldest first (ids grow with arrival).
+#[derive(Default)]
+struct PendingLogins {
+    next: u64,
+    order: std::collections::BTreeMap<u64, Arc<tokio::sync::Notify>>,
+}
+
+/// A socket's place among the pending logins; dropping it (login done or failed) frees it.
+pub struct LoginTicket {
+    app: Arc<App>,
+    id: u64,
+    /// Fires when newer sockets pushed this one out (it should close at once).
+    pub evicted: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for LoginTicket {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.app.pending.lock() {
+            p.order.remove(&self.id);
+        }
     }
 }
 
@@ -396,5 +455,48 @@ pub fn pool_settings(cfg: &Config, user: &User, db: &Database, key: &PoolKey) ->
             connect_timeout: g.server_connect_timeout,
             startup: Vec::new(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn app() -> Arc<App> {
+        let cfg = Config::from_toml(
+            "[[users]]\nname = \"a\"\npassword = \"x\"\n[[databases]]\nname = \"d\"\n\
+             [[databases.shards]]\nprimary = { host = \"127.0.0.1\" }\n",
+        )
+        .expect("config");
+        App::new(cfg)
+    }
+
+    #[test]
+    fn pending_logins_evict_the_oldest_and_free_on_drop() {
+        let app = app();
+        let a = app.begin_login(2);
+        let b = app.begin_login(2);
+        assert_eq!(app.pending_login_count(), 2);
+        assert!(a.evicted.notified().now_or_never().is_none());
+        let c = app.begin_login(2);
+        assert_eq!(app.pending_login_count(), 2);
+        assert!(
+            a.evicted.notified().now_or_never().is_some(),
+            "oldest evicted"
+        );
+        assert!(b.evicted.notified().now_or_never().is_none());
+        assert!(c.evicted.notified().now_or_never().is_none());
+        // The evicted one's ticket is already out of the list; dropping it frees nothing else.
+        drop(a);
+        assert_eq!(app.pending_login_count(), 2);
+        drop(b);
+        drop(c);
+        assert_eq!(app.pending_login_count(), 0);
+        // A limit of 0 is taken as 1: the newcomer always gets in.
+        let d = app.begin_login(0);
+        let e = app.begin_login(0);
+        assert!(d.evicted.notified().now_or_never().is_some());
+        assert!(e.evicted.notified().now_or_never().is_none());
     }
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod database;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod params;
 pub mod pool;

@@ -1,19 +1,19 @@
 //! Accepting client connections and shutting down gracefully.
 //!
-//! Owns: the listening socket, `max_client_conn` accounting at accept time, spawning one task
-//! per client, and the shutdown sequence (stop accepting, let sessions finish their
+//! Owns: the listening socket, registering each accepted socket as a pending login (which may
+//! push the oldest pending one out, see `max_pending_logins`), spawning one task per client,
+//! and the shutdown sequence (stop accepting, let sessions finish their
 //! transactions within `shutdown_timeout`, then exit).
 //!
 //! Must not: read or write client data itself.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::client::{self, ClientGuard};
+use crate::client;
 
 /// Bind the configured listen address (SO_REUSEADDR; SO_REUSEPORT so a new process can
 /// listen beside a draining one).
@@ -39,14 +39,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _peer)) => {
-                    let max = app.config().general.max_client_conn;
-                    let n = app.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                    let guard = ClientGuard(app.clone());
+                    // Logged-in clients are counted (max_client_conn) when their login
+                    // succeeds; until then the socket is a pending login.
+                    let ticket = app.begin_login(app.config().general.max_pending_logins);
                     let app = app.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        client::handle(app, stream, n > max).await;
-                    });
+                    tokio::spawn(client::handle(app, stream, ticket));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::logging::{bounded, RateLimit};
 use crate::protocol::ErrorFields;
 use crate::server::{ConnectParams, ServerConn, ServerError};
 
@@ -127,6 +128,8 @@ pub struct Pool {
     pub stats: PoolStats,
     /// Total connections open (idle + in use).
     open: AtomicUsize,
+    /// Connections being opened right now (so maintenance does not open them twice).
+    opening: AtomicUsize,
     /// PAUSE: checkouts wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -181,6 +184,7 @@ impl Pool {
             reported: Mutex::new(None),
             stats: PoolStats::default(),
             open: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             generation: AtomicU64::new(0),
@@ -279,10 +283,11 @@ impl Pool {
             let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
             let Some(mut conn) = candidate else { break };
             let now = Instant::now();
-            let too_old = now.duration_since(conn.created) >= s.lifetime && !s.lifetime.is_zero();
             let idle_for = now.duration_since(conn.last_used);
-            let too_idle = idle_for >= s.idle_timeout && !s.idle_timeout.is_zero();
-            if too_old || too_idle || !conn.looks_alive() {
+            if past_lifetime(&s, now, conn.created)
+                || past_idle_timeout(&s, now, conn.last_used)
+                || !conn.looks_alive()
+            {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 tokio::spawn(conn.close());
                 continue;
@@ -309,9 +314,25 @@ impl Pool {
                 _permit: permit,
             });
         }
-        let conn = ServerConn::connect(&s.connect)
-            .await
-            .map_err(PoolError::Connect)?;
+        let conn = self.open_new(&s).await.map_err(PoolError::Connect)?;
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Open a new server connection and count it as open (the caller holds a permit).
+    async fn open_new(&self, s: &PoolSettings) -> Result<ServerConn, ServerError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        self.opening.fetch_add(1, Ordering::Relaxed);
+        let r = ServerConn::connect(&s.connect).await;
+        self.opening.fetch_sub(1, Ordering::Relaxed);
+        let mut conn = r?;
+        // Stamped with the generation it was opened in, so RECONNECT retires it only if it
+        // happened meanwhile (an unstamped 0 would retire every connection after one RECONNECT).
+        conn.generation = generation;
         self.stats.total_connects.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut r) = self.reported.lock() {
             if r.is_none() {
@@ -319,12 +340,90 @@ impl Pool {
             }
         }
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.stats.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-        })
+        Ok(conn)
+    }
+
+    /// Close idle connections that the server closed, that are past `server_lifetime`, or
+    /// past `server_idle_timeout` as long as that leaves `min_pool_size` open. Takes the idle
+    /// lock once, never awaits (the liveness probe is a non-blocking read).
+    fn reap_idle(&self, s: &PoolSettings, now: Instant) {
+        let expired: Vec<ServerConn> = match self.idle.lock() {
+            Ok(mut v) => {
+                let mut open = self.open_count();
+                let min = s.min_size.min(s.size);
+                let mut keep = Vec::with_capacity(v.len());
+                let mut gone = Vec::new();
+                // Oldest-used first (the Vec is LIFO), so the warmest stay.
+                for mut c in v.drain(..) {
+                    let old = past_lifetime(s, now, c.created);
+                    let idle = past_idle_timeout(s, now, c.last_used) && open > min;
+                    // A server that closed an idle connection (restart, pg_terminate_backend)
+                    // has sent something or EOF: gone, so the minimum is refilled.
+                    if old || idle || !c.looks_alive() {
+                        open = open.saturating_sub(1);
+                        gone.push(c);
+                    } else {
+                        keep.push(c);
+                    }
+                }
+                *v = keep;
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        self.open.fetch_sub(expired.len(), Ordering::Relaxed);
+        for c in expired {
+            tokio::spawn(c.close());
+        }
+    }
+
+    /// Open connections until `min_pool_size` are open, one at a time, each bounded by
+    /// `server_connect_timeout`. Stops at the first failure (retried next round) and when
+    /// no permit is free (clients hold them all, so the pool is busy, not cold).
+    async fn fill_to_min(&self, s: &PoolSettings) {
+        if self.is_paused() || self.is_closed() {
+            return;
+        }
+        for _ in 0..s.min_size.min(s.size) {
+            let open = self.open_count() + self.opening.load(Ordering::Relaxed);
+            if missing(open, s.min_size, s.size) == 0 {
+                return;
+            }
+            let Ok(permit) = self.main.clone().try_acquire_owned() else {
+                return;
+            };
+            match self.open_new(s).await {
+                Ok(mut conn) => {
+                    if self.is_closed()
+                        || conn.generation != self.generation.load(Ordering::Relaxed)
+                    {
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                        tokio::spawn(conn.close());
+                        return;
+                    }
+                    conn.last_used = Instant::now();
+                    if let Ok(mut v) = self.idle.lock() {
+                        // At the bottom: a warm-up connection is the coldest.
+                        v.insert(0, conn);
+                    }
+                }
+                Err(e) => {
+                    static FAILED: RateLimit = RateLimit::per_second(1);
+                    if let Some(suppressed) = FAILED.check() {
+                        tracing::warn!(
+                            database = %self.key.database,
+                            user = %self.key.user,
+                            server = %format!("{}:{}", self.key.host, self.key.port),
+                            error = %bounded(&e.to_string(), 300),
+                            suppressed,
+                            "min_pool_size: could not open a server connection; retrying"
+                        );
+                    }
+                    return;
+                }
+            }
+            drop(permit);
+        }
     }
 
     /// Return a clean, idle connection.
@@ -450,45 +549,38 @@ impl Pool {
     }
 }
 
+/// How often maintenance looks at each pool.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Per pool, until the pool is dropped or closed: retire expired idle connections and keep
+/// `min_pool_size` open. Every step awaits or is bounded by the idle list's length, and the
+/// task sleeps between rounds, so it can never hold a worker.
 async fn maintain(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let Some(pool) = pool.upgrade() else { return };
-        let s = pool.settings();
-        let now = Instant::now();
-        let expired: Vec<ServerConn> = match pool.idle.lock() {
-            Ok(mut v) => {
-                let mut keep = Vec::with_capacity(v.len());
-                let mut gone = Vec::new();
-                for c in v.drain(..) {
-                    let old = !s.lifetime.is_zero() && now.duration_since(c.created) >= s.lifetime;
-                    let idle = !s.idle_timeout.is_zero()
-                        && now.duration_since(c.last_used) >= s.idle_timeout;
-                    if old || idle {
-                        gone.push(c);
-                    } else {
-                        keep.push(c);
-                    }
-                }
-                *v = keep;
-                gone
+        {
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.is_closed() {
+                return;
             }
-            Err(_) => Vec::new(),
-        };
-        pool.open.fetch_sub(expired.len(), Ordering::Relaxed);
-        for c in expired {
-            tokio::spawn(c.close());
+            let s = pool.settings();
+            pool.reap_idle(&s, Instant::now());
+            pool.fill_to_min(&s).await;
         }
-        // Keep min_pool_size connections open.
-        while pool.open_count() < s.min_size.min(s.size) {
-            match tokio::time::timeout(Duration::from_millis(10), pool.get()).await {
-                Ok(Ok(c)) => pool.put(c),
-                _ => break,
-            }
-        }
+        tokio::time::sleep(MAINTAIN_EVERY).await;
     }
+}
+
+/// Connections to open so that `min` (capped at the pool `size`) are open.
+fn missing(open: usize, min: usize, size: usize) -> usize {
+    min.min(size).saturating_sub(open)
+}
+
+fn past_lifetime(s: &PoolSettings, now: Instant, created: Instant) -> bool {
+    !s.lifetime.is_zero() && now.saturating_duration_since(created) >= s.lifetime
+}
+
+fn past_idle_timeout(s: &PoolSettings, now: Instant, last_used: Instant) -> bool {
+    !s.idle_timeout.is_zero() && now.saturating_duration_since(last_used) >= s.idle_timeout
 }
 
 /// An idle server connection as SHOW SERVERS lists it.
@@ -500,3 +592,7 @@ pub struct IdleServer {
     pub created: Instant,
     pub last_used: Instant,
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

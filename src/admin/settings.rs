@@ -15,6 +15,8 @@ use super::commands::AdminError;
 pub const CHANGEABLE: &[&str] = &[
     "pool_mode",
     "max_client_conn",
+    "client_login_timeout",
+    "max_pending_logins",
     "default_pool_size",
     "min_pool_size",
     "reserve_pool_size",
@@ -47,6 +49,8 @@ pub fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("pool_mode", g.pool_mode.to_string()),
         ("auth_type", g.auth_type.to_string()),
         ("max_client_conn", g.max_client_conn.to_string()),
+        ("client_login_timeout", d(g.client_login_timeout)),
+        ("max_pending_logins", g.max_pending_logins.to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("min_pool_size", g.min_pool_size.to_string()),
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
@@ -131,6 +135,8 @@ pub fn set(g: &mut General, key: &str, value: &str) -> Result<(), AdminError> {
     match key {
         "pool_mode" => g.pool_mode = value.parse::<PoolMode>().map_err(|e| bad(key, value, e))?,
         "max_client_conn" => g.max_client_conn = count(key, value)?,
+        "client_login_timeout" => g.client_login_timeout = duration(key, value)?,
+        "max_pending_logins" => g.max_pending_logins = count(key, value)?,
         "default_pool_size" => g.default_pool_size = count(key, value)?,
         "min_pool_size" => g.min_pool_size = count(key, value)?,
         "reserve_pool_size" => g.reserve_pool_size = count(key, value)?,

@@ -589,10 +589,7 @@ fn lists(app: &App) -> Table {
         ("pools", pools.len()),
         ("free_clients", 0),
         ("used_clients", registered),
-        (
-            "login_clients",
-            app.client_count().saturating_sub(registered),
-        ),
+        ("login_clients", app.pending_login_count()),
         ("free_servers", 0),
         ("used_servers", open),
         ("dns_names", 0),

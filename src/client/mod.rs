@@ -1,12 +1,16 @@
 //! Client connections: from accept to an authenticated session.
 //!
 //! Owns: the startup phase (SSL/GSSENC refusal, CancelRequest, protocol version negotiation),
-//! client authentication against `[[users]]` per `auth_type`, the login reply (ParameterStatus,
-//! BackendKeyData) and handing the connection to the session state machine in [`session`].
+//! client authentication against `[[users]]` per `auth_type` (the exchange itself is in
+//! [`authenticate`]), `client_login_timeout`, closing a login pushed out by newer ones
+//! (`max_pending_logins`), claiming a `max_client_conn` slot once logged in, the rate-limited
+//! log of failed logins, the login reply (ParameterStatus, BackendKeyData) and handing the
+//! connection to the session state machine in [`session`].
 //!
 //! Must not: touch server connections except to learn a backend's reported parameters; all
 //! statement traffic belongs to the session.
 
+mod authenticate;
 pub mod budget;
 mod fanout;
 mod forward;
@@ -21,28 +25,36 @@ pub use route::{choose_role, Role, RoleContext};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::app::App;
-use crate::auth::{self, ScramServer};
-use crate::config::{AuthType, PasswordKind};
+use crate::app::{App, LoginTicket};
+use crate::config::AuthType;
+use crate::logging::{bounded, RateLimit};
 use crate::params;
 use crate::protocol::{self, Startup};
+use authenticate::authenticate;
 
-/// How long a client may take to send its startup packet and authenticate.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Keeps the client count right however the connection ends.
+/// A `max_client_conn` slot, held from a successful login until the connection ends.
 pub struct ClientGuard(pub Arc<App>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Take a client slot, or refuse as PostgreSQL does when it is full.
+fn claim_client(app: &Arc<App>) -> Result<ClientGuard, Reject> {
+    let max = app.config().general.max_client_conn;
+    let n = app.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = ClientGuard(app.clone());
+    if n > max {
+        return Err(Reject("53300", "sorry, too many clients already".into()));
+    }
+    Ok(guard)
 }
 
 /// A successful login: a pooled session, or the admin console.
@@ -66,46 +78,138 @@ impl From<protocol::ProtocolError> for Reject {
     }
 }
 
-/// Serve one accepted client connection until it ends.
-pub async fn handle(app: Arc<App>, mut stream: TcpStream, over_limit: bool) {
+/// What the login got to, for the timeout reply and the log.
+#[derive(Default)]
+struct Progress {
+    /// A startup packet arrived (before that, PostgreSQL closes without a word).
+    started: bool,
+    user: Option<String>,
+    database: Option<String>,
+}
+
+/// Failed logins: at most this many log lines per second (the rest are counted).
+static LOGIN_FAILED: RateLimit = RateLimit::per_second(10);
+/// Logins closed for taking too long or pushed out by newer ones.
+static LOGIN_DROPPED: RateLimit = RateLimit::per_second(5);
+
+/// Serve one accepted client connection until it ends. `ticket` is its place among the
+/// pending logins, given up once the login is over.
+pub async fn handle(app: Arc<App>, mut stream: TcpStream, ticket: LoginTicket) {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let timeout = app.config().general.client_login_timeout;
     let mut out = BytesMut::new();
+    let mut progress = Progress::default();
     // Boxed: the login state machine (SCRAM, startup parsing) is large and is not needed once
     // the session runs, so it must not inflate every idle client's task.
-    let login = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        Box::pin(login(&app, &mut stream, &mut out, over_limit)),
-    )
-    .await;
+    let outcome = {
+        let auth = Box::pin(authenticate_client(
+            &app,
+            &mut stream,
+            &mut out,
+            &mut progress,
+        ));
+        tokio::select! {
+            r = tokio::time::timeout(timeout, auth) => r.map_err(|_| Dropped::TimedOut),
+            _ = ticket.evicted.notified() => Err(Dropped::Evicted),
+        }
+    };
+    // Authenticated (or failed): no longer a pending login.
+    drop(ticket);
+    let outcome = match outcome {
+        Ok(Ok(Some(a))) => Ok(Box::pin(finish_login(&app, &mut stream, &mut out, &peer, a)).await),
+        Ok(Ok(None)) => return,
+        Ok(Err(r)) => Ok(Err(r)),
+        Err(why) => Err(why),
+    };
     // Login buffers are not kept for the life of the session (idle clients stay small).
-    let login = match login {
-        Ok(Ok(Some(l))) => {
+    let (login, _slot) = match outcome {
+        Ok(Ok(l)) => {
             drop(out);
             l
         }
-        other => {
-            match other {
-                Ok(Err(Reject(code, msg))) => {
-                    tracing::debug!(code, %msg, "login rejected");
-                    protocol::error_response(&mut out, "FATAL", code, &msg);
-                    let _ = stream.write_all(&out).await;
-                }
-                Err(_) => {
-                    protocol::error_response(&mut out, "FATAL", "08006", "login timed out");
-                    let _ = stream.write_all(&out).await;
-                }
-                _ => {}
+        Ok(Err(Reject(code, msg))) => {
+            // A socket closed before saying anything (a port probe) is no failed login;
+            // PostgreSQL does not log it either.
+            if progress.started || code != "08006" {
+                log_failed(&peer, &progress, code, &msg);
+            }
+            protocol::error_response(&mut out, "FATAL", code, &msg);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+        Err(why) => {
+            if let Some(suppressed) = LOGIN_DROPPED.check() {
+                tracing::info!(
+                    %peer,
+                    started = progress.started,
+                    suppressed,
+                    "{}",
+                    why.log_line()
+                );
+            }
+            // Before a startup packet PostgreSQL closes silently; during authentication it
+            // says why.
+            if progress.started {
+                let (code, msg) = why.reply();
+                out.clear();
+                protocol::error_response(&mut out, "FATAL", code, msg);
+                let _ = stream.write_all(&out).await;
             }
             return;
         }
     };
-    match Some(login) {
-        Some(Login::Session(ctx)) => session::run(app, stream, *ctx).await,
-        Some(Login::Admin { user, read_only }) => {
-            crate::admin::serve(app, stream, user, read_only).await
-        }
-        None => {}
+    match login {
+        Login::Session(ctx) => session::run(app, stream, *ctx).await,
+        Login::Admin { user, read_only } => crate::admin::serve(app, stream, user, read_only).await,
     }
+}
+
+/// Why a login was cut off.
+enum Dropped {
+    TimedOut,
+    Evicted,
+}
+
+impl Dropped {
+    fn reply(&self) -> (&'static str, &'static str) {
+        match self {
+            Dropped::TimedOut => ("57014", "canceling authentication due to timeout"),
+            Dropped::Evicted => ("53300", "sorry, too many clients already"),
+        }
+    }
+
+    fn log_line(&self) -> &'static str {
+        match self {
+            Dropped::TimedOut => "login timed out (client_login_timeout); connection closed",
+            Dropped::Evicted => {
+                "max_pending_logins reached: closed the oldest connection still logging in"
+            }
+        }
+    }
+}
+
+/// One rate-limited line per failed login, naming the peer (user names bounded and escaped).
+fn log_failed(peer: &str, p: &Progress, code: &str, msg: &str) {
+    let Some(suppressed) = LOGIN_FAILED.check() else {
+        return;
+    };
+    if suppressed > 0 {
+        tracing::warn!("suppressed {suppressed} similar messages (login failed)");
+    }
+    let user = p.user.as_deref().map(|u| bounded(u, 64));
+    let database = p.database.as_deref().map(|d| bounded(d, 64));
+    tracing::warn!(
+        %peer,
+        user = ?user,
+        database = ?database,
+        code,
+        reason = ?bounded(msg, 200),
+        "login failed"
+    );
 }
 
 async fn read_startup_packet(stream: &mut TcpStream) -> Result<Vec<u8>, Reject> {
@@ -123,43 +227,23 @@ async fn read_startup_packet(stream: &mut TcpStream) -> Result<Vec<u8>, Reject> 
     Ok(body)
 }
 
-/// Read one message of the authentication exchange; it must be a 'p' message.
-async fn read_password_frame(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-) -> Result<bytes::Bytes, Reject> {
-    loop {
-        if let Some(f) = protocol::split_frame(buf, protocol::MAX_STARTUP_LEN)? {
-            if f[0] != b'p' {
-                return Err(Reject(
-                    "08P01",
-                    format!(
-                        "expected password response, got message type {:?}",
-                        f[0] as char
-                    ),
-                ));
-            }
-            return Ok(f);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Err(Reject("08006", "client closed the connection".into()));
-        }
-    }
+/// An authenticated client, holding its `max_client_conn` slot.
+struct Authed {
+    cfg: Arc<crate::config::Config>,
+    user: crate::config::User,
+    db_name: String,
+    startup: Vec<(String, String)>,
+    slot: ClientGuard,
 }
 
-fn auth_failed(user: &str) -> Reject {
-    Reject(
-        "28P01",
-        format!("password authentication failed for user \"{user}\""),
-    )
-}
-
-async fn login(
+/// Startup packet and authentication, the part bounded by `client_login_timeout` and
+/// `max_pending_logins`: `Ok(None)` for a CancelRequest.
+async fn authenticate_client(
     app: &Arc<App>,
     stream: &mut TcpStream,
     out: &mut BytesMut,
-    over_limit: bool,
-) -> Result<Option<Login>, Reject> {
+    progress: &mut Progress,
+) -> Result<Option<Authed>, Reject> {
     let (minor, startup) = loop {
         let body = read_startup_packet(stream).await?;
         match protocol::parse_startup(&body)? {
@@ -175,9 +259,7 @@ async fn login(
             Startup::Startup { minor, params } => break (minor, params),
         }
     };
-    if over_limit {
-        return Err(Reject("53300", "sorry, too many clients already".into()));
-    }
+    progress.started = true;
     // Newer 3.x minors and protocol options (_pq_.*) are declined, as PostgreSQL does.
     let unsupported: Vec<&str> = startup
         .iter()
@@ -195,6 +277,8 @@ async fn login(
         )
     })?;
     let db_name = get("database").unwrap_or_else(|| user_name.clone());
+    progress.user = Some(user_name.clone());
+    progress.database = Some(db_name.clone());
     if get("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
         return Err(Reject(
             "08P01",
@@ -202,15 +286,48 @@ async fn login(
         ));
     }
     let cfg = app.config();
-    let Some(user) = cfg.user(&user_name).cloned() else {
-        return Err(Reject(
-            "28000",
-            format!("role \"{user_name}\" does not exist"),
-        ));
+    let auth_type = cfg.general.auth_type;
+    let user = cfg.user(&user_name).cloned();
+    let Some(user) = user else {
+        if auth_type == AuthType::Trust {
+            // As PostgreSQL under trust: authentication succeeds, then the role lookup fails.
+            protocol::auth_ok(out);
+            return Err(Reject(
+                "28000",
+                format!("role \"{user_name}\" does not exist"),
+            ));
+        }
+        // The same exchange and the same 28P01 as a wrong password.
+        authenticate(app, stream, out, &user_name, None, auth_type).await?;
+        return Err(authenticate::auth_failed(&user_name));
     };
-    authenticate(app, stream, out, &user, cfg.general.auth_type).await?;
+    authenticate(app, stream, out, &user_name, Some(&user), auth_type).await?;
+    let slot = claim_client(app)?;
     protocol::auth_ok(out);
+    Ok(Some(Authed {
+        cfg,
+        user,
+        db_name,
+        startup,
+        slot,
+    }))
+}
 
+/// After authentication: the admin console or a database's pools, and the login reply.
+async fn finish_login(
+    app: &Arc<App>,
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    peer: &str,
+    a: Authed,
+) -> Result<(Login, ClientGuard), Reject> {
+    let Authed {
+        cfg,
+        user,
+        db_name,
+        startup,
+        slot,
+    } = a;
     if db_name == cfg.general.admin_database {
         let admin = cfg.general.admin_users.contains(&user.name);
         let stats = cfg.general.stats_users.contains(&user.name);
@@ -234,10 +351,11 @@ async fn login(
         protocol::ready_for_query(out, b'I');
         stream.write_all(out).await?;
         out.clear();
-        return Ok(Some(Login::Admin {
+        let login = Login::Admin {
             user: user.name.clone(),
             read_only: !admin,
-        }));
+        };
+        return Ok((login, slot));
     }
     let Some(db) = cfg.database(&db_name).cloned() else {
         return Err(Reject(
@@ -300,16 +418,18 @@ async fn login(
         Some(params::Setting::Value(v)) => v.clone(),
         _ => String::new(),
     };
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let info = app.register_client(&user.name, &db.name, peer, app_name, cancel_slot.clone());
+    let info = app.register_client(
+        &user.name,
+        &db.name,
+        peer.to_string(),
+        app_name,
+        cancel_slot.clone(),
+    );
     protocol::backend_key_data(out, cancel_key.0, cancel_key.1);
     protocol::ready_for_query(out, b'I');
     stream.write_all(out).await?;
     out.clear();
-    Ok(Some(Login::Session(Box::new(session::SessionCtx {
+    let ctx = Box::new(session::SessionCtx {
         user: user.name.clone(),
         database: db.name.clone(),
         mode,
@@ -320,80 +440,6 @@ async fn login(
         config: cfg.clone(),
         db: runtime,
         info,
-    }))))
-}
-
-async fn authenticate(
-    app: &Arc<App>,
-    stream: &mut TcpStream,
-    out: &mut BytesMut,
-    user: &crate::config::User,
-    auth_type: AuthType,
-) -> Result<(), Reject> {
-    let mut buf = BytesMut::new();
-    let stored = user.password.clone().unwrap_or_default();
-    match auth_type {
-        AuthType::Trust => Ok(()),
-        AuthType::Plain => {
-            protocol::auth_cleartext(out);
-            stream.write_all(out).await?;
-            out.clear();
-            let f = read_password_frame(stream, &mut buf).await?;
-            let mut b = protocol::body(&f);
-            let pw = protocol::read_cstr(&mut b)?;
-            if user.password.is_some() && auth::cleartext_verify(&user.name, &stored, pw) {
-                Ok(())
-            } else {
-                Err(auth_failed(&user.name))
-            }
-        }
-        AuthType::Md5 => {
-            let hash = match user.password_kind() {
-                Some(PasswordKind::Plain(p)) => auth::md5_stored(&user.name, &p),
-                Some(PasswordKind::Md5Hash(h)) => h,
-                _ => return Err(auth_failed(&user.name)),
-            };
-            let salt = auth::random_md5_salt();
-            protocol::auth_md5(out, salt);
-            stream.write_all(out).await?;
-            out.clear();
-            let f = read_password_frame(stream, &mut buf).await?;
-            let mut b = protocol::body(&f);
-            let resp = protocol::read_cstr(&mut b)?;
-            if auth::md5_verify(&hash, salt, resp) {
-                Ok(())
-            } else {
-                Err(auth_failed(&user.name))
-            }
-        }
-        AuthType::ScramSha256 => {
-            let Some(verifier) = app.scram_verifier(user) else {
-                return Err(auth_failed(&user.name));
-            };
-            protocol::auth_sasl(out, "SCRAM-SHA-256");
-            stream.write_all(out).await?;
-            out.clear();
-            let f = read_password_frame(stream, &mut buf).await?;
-            let (mech, data) = protocol::parse_sasl_initial(&f)?;
-            if mech != b"SCRAM-SHA-256" {
-                return Err(Reject(
-                    "28000",
-                    "SASL authentication mechanism not supported: use SCRAM-SHA-256".into(),
-                ));
-            }
-            let mut server = ScramServer::new((*verifier).clone());
-            let first = server
-                .handle_client_first(data)
-                .map_err(|_| auth_failed(&user.name))?;
-            protocol::auth_sasl_continue(out, &first);
-            stream.write_all(out).await?;
-            out.clear();
-            let f = read_password_frame(stream, &mut buf).await?;
-            let fin = server
-                .handle_client_final(protocol::body(&f))
-                .map_err(|_| auth_failed(&user.name))?;
-            protocol::auth_sasl_final(out, &fin);
-            Ok(())
-        }
-    }
+    });
+    Ok((Login::Session(ctx), slot))
 }

@@ -164,7 +164,15 @@ pub struct General {
     pub listen_addr: String,
     pub pool_mode: PoolMode,
     pub auth_type: AuthType,
+    /// Logged-in clients (sessions and admin console); sockets still logging in are counted
+    /// apart, against `max_pending_logins`.
     pub max_client_conn: usize,
+    /// How long a new socket may take to send its startup packet and authenticate.
+    #[serde(deserialize_with = "de_duration")]
+    pub client_login_timeout: Duration,
+    /// Sockets that have not finished logging in; past it the oldest of them is closed to
+    /// make room for the new one.
+    pub max_pending_logins: usize,
     pub default_pool_size: usize,
     pub min_pool_size: usize,
     pub reserve_pool_size: usize,
@@ -216,6 +224,8 @@ impl Default for General {
             pool_mode: PoolMode::Transaction,
             auth_type: AuthType::ScramSha256,
             max_client_conn: 10_000,
+            client_login_timeout: Duration::from_secs(60),
+            max_pending_logins: 1000,
             default_pool_size: 20,
             min_pool_size: 0,
             reserve_pool_size: 0,

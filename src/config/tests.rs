@@ -40,6 +40,8 @@ fn defaults() {
     assert_eq!(g.pool_mode, PoolMode::Transaction);
     assert_eq!(g.auth_type, AuthType::ScramSha256);
     assert_eq!(g.max_client_conn, 10000);
+    assert_eq!(g.client_login_timeout, Duration::from_secs(60));
+    assert_eq!(g.max_pending_logins, 1000);
     assert_eq!(g.default_pool_size, 20);
     assert_eq!((g.min_pool_size, g.reserve_pool_size), (0, 0));
     assert_eq!(g.reserve_pool_timeout, Duration::from_secs(5));
@@ -100,6 +102,8 @@ fn example_file_is_valid_and_complete() {
         "pool_mode",
         "auth_type",
         "max_client_conn",
+        "client_login_timeout",
+        "max_pending_logins",
         "default_pool_size",
         "min_pool_size",
         "reserve_pool_size",
@@ -307,6 +311,28 @@ fn general_validation() {
         &with_general("max_client_conn = 0"),
         &["general.max_client_conn"],
     );
+    assert_err(
+        &with_general("client_login_timeout = \"0s\""),
+        &["general.client_login_timeout: must be greater than 0"],
+    );
+    assert_err(
+        &with_general("client_login_timeout = \"soon\""),
+        &["general.client_login_timeout", "soon"],
+    );
+    assert_err(
+        &with_general("max_pending_logins = 0"),
+        &["general.max_pending_logins: must be at least 1"],
+    );
+    assert_err(
+        &with_general("max_pending_logins = -1"),
+        &["general.max_pending_logins"],
+    );
+    let c = Config::from_toml(&with_general(
+        "client_login_timeout = \"1500ms\"\nmax_pending_logins = 5",
+    ))
+    .unwrap();
+    assert_eq!(c.general.client_login_timeout, Duration::from_millis(1500));
+    assert_eq!(c.general.max_pending_logins, 5);
     assert_err(
         &with_general("max_message_size = 1023"),
         &["general.max_message_size"],

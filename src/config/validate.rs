@@ -43,6 +43,16 @@ fn general(c: &Config, errs: &mut Vec<String>) {
             g.max_buffered_bytes, g.max_message_size
         ));
     }
+    if g.client_login_timeout.is_zero() {
+        errs.push(
+            "general.client_login_timeout: must be greater than 0 (a socket that never logs in \
+             would hold a max_pending_logins slot forever)"
+                .to_string(),
+        );
+    }
+    if g.max_pending_logins < 1 {
+        errs.push("general.max_pending_logins: must be at least 1".to_string());
+    }
     if g.max_message_size < 1024 {
         errs.push(format!(
             "general.max_message_size: {} is too small, must be at least 1024",

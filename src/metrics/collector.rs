@@ -320,7 +320,8 @@ impl Collector for AppCollector {
         if let Ok(d) = app.admin.started_at().duration_since(std::time::UNIX_EPOCH) {
             s.put("pgvane_start_time_seconds", &[], d.as_secs_f64());
         }
-        s.put("pgvane_client_sockets", &[], app.client_count() as f64);
+        let sockets = app.client_count() + app.pending_login_count();
+        s.put("pgvane_client_sockets", &[], sockets as f64);
         s.put(
             "pgvane_max_client_conn",
             &[],
