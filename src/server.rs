@@ -176,6 +176,56 @@ pub struct ServerConn {
     pub broken: bool,
     /// The pool generation it was opened in (RECONNECT retires older ones).
     pub generation: u64,
+    /// The last message types exchanged, for the log when the connection goes out of step.
+    pub trace: Trace,
+}
+
+/// A small ring of the last message types sent ('>' before the type) and received.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    ring: [u8; 128],
+    at: usize,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            ring: [b' '; 128],
+            at: 0,
+        }
+    }
+}
+
+impl Trace {
+    fn push(&mut self, b: u8) {
+        self.ring[self.at % self.ring.len()] = b;
+        self.at += 1;
+    }
+
+    /// Record the frames in `buf` as sent.
+    pub fn sent(&mut self, mut buf: &[u8]) {
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            self.push(b'>');
+            self.push(buf[0]);
+            buf = buf.get(len + 1..).unwrap_or(&[]);
+        }
+    }
+
+    pub fn received(&mut self, tag: u8) {
+        self.push(tag);
+    }
+
+    /// Oldest first, as text.
+    pub fn text(&self) -> String {
+        let n = self.ring.len();
+        let start = if self.at > n { self.at % n } else { 0 };
+        let len = self.at.min(n);
+        (0..len)
+            .map(|i| self.ring[(start + i) % n] as char)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+            .collect()
+    }
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -207,6 +257,7 @@ impl ServerConn {
             last_used: Instant::now(),
             broken: false,
             generation: 0,
+            trace: Trace::default(),
         };
         let mut out = BytesMut::new();
         let mut sp: Vec<(&str, &str)> = vec![("user", &p.user), ("database", &p.dbname)];
@@ -326,10 +377,13 @@ impl ServerConn {
     pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, ServerError> {
         let mut out = BytesMut::new();
         protocol::query(&mut out, sql);
+        self.trace.push(b'#');
+        self.trace.sent(&out);
         self.stream.write_all(&out).await?;
         let mut err = None;
         loop {
             let f = self.read_frame().await?;
+            self.trace.received(f[0]);
             match f[0] {
                 b'E' if err.is_none() => err = Some(protocol::parse_error(&f)),
                 b'C' => self.note_command_complete(&f),

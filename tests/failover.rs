@@ -94,7 +94,11 @@ name = "app"
         t.await.expect("client task");
     }
     let errors = errors.lock().unwrap().clone();
-    eprintln!("reads ok: {}, failed: {}", ok.load(Ordering::Relaxed), errors.len());
+    eprintln!(
+        "reads ok: {}, failed: {}",
+        ok.load(Ordering::Relaxed),
+        errors.len()
+    );
     assert!(
         errors.is_empty(),
         "{} reads failed (of {}), first: {:?}\n{}",

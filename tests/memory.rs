@@ -78,7 +78,10 @@ name = "app"
         peak = peak.max(rss_mib(pid));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut clients: Vec<Wire> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let mut clients: Vec<Wire> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
     for _ in 0..40 {
         peak = peak.max(rss_mib(pid));
         std::thread::sleep(Duration::from_millis(50));
@@ -100,13 +103,20 @@ name = "app"
         peak < (cap_mib + 64) as f64,
         "RSS peaked at {peak:.1} MiB with max_buffered_bytes = {cap_mib} MiB"
     );
-    assert!(refused >= 6, "at most one 200 MB message fits in 256 MiB: {refused}");
+    assert!(
+        refused >= 6,
+        "at most one 200 MB message fits in 256 MiB: {refused}"
+    );
     drop(clients);
     // Memory comes back once the clients are gone.
     let back = poll(Duration::from_secs(10), Duration::from_millis(200), || {
         (rss_mib(pid) < start + 64.0).then_some(())
     });
-    assert!(back.is_some(), "RSS {:.1} MiB after the clients left", rss_mib(pid));
+    assert!(
+        back.is_some(),
+        "RSS {:.1} MiB after the clients left",
+        rss_mib(pid)
+    );
     let mut after = Wire::login(port, "app", "app");
     assert_eq!(after.simple("select 2"), ["2"]);
     let _ = after.s.write_all(&wire::terminate());

@@ -109,7 +109,9 @@ mod tests {
         assert_eq!(b.available(), 4 * 1024 * 1024);
         let e = b.reserve(5 * 1024 * 1024, Duration::ZERO).await;
         assert!(matches!(e, Err(BudgetError::TooLarge { .. })));
-        assert!(e.err().is_some_and(|e| e.message().contains("max_buffered_bytes")));
+        assert!(e
+            .err()
+            .is_some_and(|e| e.message().contains("max_buffered_bytes")));
     }
 
     #[tokio::test]
@@ -118,7 +120,9 @@ mod tests {
         let held = b.reserve(1024 * 1024, Duration::ZERO).await;
         let b2 = b.clone();
         let waiter =
-            tokio::spawn(async move { b2.reserve(512 * 1024, Duration::from_secs(5)).await.is_ok() });
+            tokio::spawn(
+                async move { b2.reserve(512 * 1024, Duration::from_secs(5)).await.is_ok() },
+            );
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(held);
         assert!(waiter.await.unwrap_or(false));

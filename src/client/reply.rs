@@ -20,7 +20,9 @@ impl Session {
     /// Handle one server message.
     pub(super) fn on_server_frame(&mut self, frame: Bytes) -> Result<(), End> {
         let tag = frame[0];
-        tracing::trace!(tag = %(tag as char), len = frame.len(), pending = ?self.pending.front(), "server message");
+        if let Some(s) = self.server.as_mut() {
+            s.trace.received(tag);
+        }
         self.drain_synthetic();
         if tag == b'E' {
             let fields = protocol::parse_error(&frame);
@@ -63,6 +65,7 @@ impl Session {
             user = %self.ctx.user,
             database = %self.ctx.database,
             reason = %why,
+            trace = %self.server.as_ref().map(|s| s.trace.text()).unwrap_or_default(),
             "server connection out of step: closing it and the client"
         );
         if let Some(s) = self.server.as_mut() {

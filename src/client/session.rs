@@ -372,6 +372,7 @@ impl Session {
         }
         self.bytes_in += self.sout.len() as u64;
         if let Some(server) = self.server.as_mut() {
+            server.trace.sent(&self.sout);
             if server.stream.write_all(&self.sout).await.is_err() {
                 self.sout.clear();
                 return self.server_lost(true);
@@ -479,8 +480,7 @@ impl Session {
             // A replica that cannot serve: count it against the replica and send the read
             // to the primary instead (nothing has reached the client yet).
             if let Some(t) = target.as_mut().filter(|t| t.role == Role::Replica) {
-                if let (Some(i), Some(sr)) = (t.replica, self.ctx.db.shards.get(t.shard as usize))
-                {
+                if let (Some(i), Some(sr)) = (t.replica, self.ctx.db.shards.get(t.shard as usize)) {
                     if let (Some(b), true) = (sr.state.replicas.get(i), failure.2) {
                         b.record_failure(&self.ctx.db.repl);
                     }

@@ -97,6 +97,10 @@ pub enum Owed {
     Synthetic(Bytes),
     /// A simple query pgvane sent itself (a deferred BEGIN): all its answers are swallowed.
     Internal,
+    /// Not an answer: the client ended a COPY (CopyDone/CopyFail) before the server said it
+    /// started one. If a COPY starts before this point, the server reads the Syncs sent
+    /// before the marker while in COPY mode (ignoring them) and those after it normally.
+    CopyEnd,
 }
 
 impl Owed {
@@ -114,6 +118,7 @@ impl Owed {
             Owed::Function => "FunctionCall",
             Owed::Synthetic(_) => "pgvane's own answer",
             Owed::Internal => "pgvane's BEGIN",
+            Owed::CopyEnd => "CopyDone/CopyFail",
         }
     }
 
@@ -266,6 +271,12 @@ impl Pending {
                     return;
                 }
                 self.open_batch = false;
+                // The server stops skipping when it reads this Sync: what follows is run.
+                if self.skipping {
+                    self.skipping = false;
+                    self.queue.push_back(owed);
+                    return;
+                }
             }
             _ => {}
         }
@@ -284,6 +295,16 @@ impl Pending {
     pub fn sent_copy_end(&mut self) {
         if self.copy == Copy::In {
             self.copy = Copy::None;
+        } else if !self.queue.is_empty() && !self.skipping {
+            // Sent ahead of a CopyInResponse that may still come (a pipelining client).
+            self.queue.push_back(Owed::CopyEnd);
+        }
+    }
+
+    /// Markers at the head are stale: everything before them completed without a COPY.
+    fn drop_leading_markers(&mut self) {
+        while matches!(self.queue.front(), Some(Owed::CopyEnd)) {
+            self.queue.pop_front();
         }
     }
 
@@ -306,6 +327,7 @@ impl Pending {
     pub fn take_synthetic(&mut self) -> Option<Bytes> {
         if let Some(Owed::Synthetic(_)) = self.queue.front() {
             if let Some(Owed::Synthetic(m)) = self.queue.pop_front() {
+                self.drop_leading_markers();
                 return Some(m);
             }
         }
@@ -318,6 +340,7 @@ impl Pending {
             return Err(d.clone());
         }
         let r = self.step(frame);
+        self.drop_leading_markers();
         if let Err(d) = &r {
             self.desync = Some(d.clone());
         }
@@ -433,7 +456,9 @@ impl Pending {
                 b'V' => return Ok(Step::Forward),
                 _ => return self.fail(tag),
             },
-            Owed::Sync | Owed::SwallowReady | Owed::Synthetic(_) => return self.fail(tag),
+            Owed::Sync | Owed::SwallowReady | Owed::Synthetic(_) | Owed::CopyEnd => {
+                return self.fail(tag)
+            }
         };
         debug_assert!(done);
         let Some(owed) = self.queue.pop_front() else {
@@ -458,12 +483,26 @@ impl Pending {
         }
     }
 
-    /// CopyInResponse: Syncs already queued behind the COPY are ignored by the server.
+    /// CopyInResponse: Syncs already queued behind the COPY are read by the server in COPY
+    /// mode and ignored — up to a CopyDone/CopyFail the client already sent, which ends the
+    /// COPY (the server then answers it with CommandComplete or an error).
     fn enter_copy_in(&mut self) {
         self.copy = Copy::In;
         let mut rest: VecDeque<Owed> = self.queue.drain(1..).collect();
-        rest.retain(|o| !matches!(o, Owed::Sync));
-        self.queue.extend(rest);
+        let end = rest.iter().position(|o| matches!(o, Owed::CopyEnd));
+        let upto = end.unwrap_or(rest.len());
+        let mut kept = VecDeque::with_capacity(rest.len());
+        for (i, o) in rest.drain(..).enumerate() {
+            if i < upto && matches!(o, Owed::Sync) {
+                continue;
+            }
+            if Some(i) == end {
+                self.copy = Copy::None;
+                continue;
+            }
+            kept.push_back(o);
+        }
+        self.queue.extend(kept);
     }
 
     fn on_error(&mut self) -> Result<Step, Desync> {
@@ -489,7 +528,7 @@ impl Pending {
                     skipped: Vec::new(),
                 })
             }
-            Some(Owed::Synthetic(_)) => self.fail(b'E'),
+            Some(Owed::Synthetic(_) | Owed::CopyEnd) => self.fail(b'E'),
             Some(_) => {
                 // Extended protocol: the server skips every message up to the next Sync,
                 // simple queries and function calls included.
@@ -544,7 +583,7 @@ impl Pending {
         for o in self.queue.drain(..) {
             match o {
                 Owed::Sync | Owed::Query { .. } | Owed::Function => readies += 1,
-                Owed::Synthetic(_) | Owed::SwallowReady | Owed::Internal => {}
+                Owed::Synthetic(_) | Owed::SwallowReady | Owed::Internal | Owed::CopyEnd => {}
                 _ => other = true,
             }
         }

@@ -531,13 +531,25 @@ fn replay_swallows_the_original_ready() {
 fn after_an_extended_error_queries_and_function_calls_are_skipped_too() {
     // PostgreSQL ignores every message until Sync after an extended-protocol error.
     let mut p = Pending::new();
-    for o in [parse(), execute(), query(), Owed::Function, Owed::Sync, query()] {
+    for o in [
+        parse(),
+        execute(),
+        query(),
+        Owed::Function,
+        Owed::Sync,
+        query(),
+    ] {
         p.sent(o);
     }
     assert_eq!(feed(&mut p, &[error()]), "E4");
     let t = feed(
         &mut p,
-        &[ready(b'I'), msg(b'T', &[0, 0]), complete("SELECT 1"), ready(b'I')],
+        &[
+            ready(b'I'),
+            msg(b'T', &[0, 0]),
+            complete("SELECT 1"),
+            ready(b'I'),
+        ],
     );
     assert_eq!(t, "RFFR");
     // And while skipping with nothing queued, a Query sent is not answered either.
@@ -568,5 +580,89 @@ fn an_error_at_sync_is_the_failed_implicit_commit() {
         ],
     );
     assert_eq!(t, "fffE0R");
+    assert!(p.reusable());
+}
+
+#[test]
+fn messages_after_the_sync_that_ends_skipping_are_answered() {
+    // Found by the network fuzzer: Bind fails with nothing else queued; the client then
+    // pipelines Sync, Sync, Query, Query — the queries run and must be owed.
+    let mut p = Pending::new();
+    for o in [bind(), Owed::Function, parse()] {
+        p.sent(o);
+    }
+    assert_eq!(feed(&mut p, &[error()]), "E3");
+    assert!(p.skipping());
+    for o in [Owed::Sync, Owed::Sync, query(), query()] {
+        p.sent(o);
+    }
+    assert_eq!(p.len(), 4);
+    let t = feed(
+        &mut p,
+        &[
+            ready(b'I'),
+            ready(b'I'),
+            complete("ROLLBACK"),
+            ready(b'I'),
+            msg(b'T', &[0, 0]),
+            complete("SELECT 1"),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(t, "RRFRFFR");
+    assert!(p.reusable());
+}
+
+#[test]
+fn copy_data_pipelined_before_the_copy_in_response() {
+    // Found by the network fuzzer: COPY, CopyData, CopyFail, an empty query, two Syncs and
+    // two queries in one write. The Syncs after the CopyFail are answered normally.
+    let mut p = Pending::new();
+    p.sent(query());
+    p.sent_copy_end();
+    p.sent(query());
+    p.sent(Owed::Sync);
+    p.sent(Owed::Sync);
+    p.sent(query());
+    let t = feed(
+        &mut p,
+        &[
+            msg(b'G', &[0, 0, 0]),
+            error(),
+            ready(b'I'),
+            msg(b'I', &[]),
+            ready(b'I'),
+            ready(b'I'),
+            ready(b'I'),
+            complete("ROLLBACK"),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(t, "FE0RFRRRFR");
+    assert!(p.reusable());
+    // Extended: Execute of a COPY, Sync, CopyDone, Sync: the first Sync is read in COPY mode.
+    for o in [parse(), bind(), execute(), Owed::Sync] {
+        p.sent(o);
+    }
+    p.sent_copy_end();
+    p.sent(Owed::Sync);
+    let t = feed(
+        &mut p,
+        &[
+            msg(b'1', &[]),
+            msg(b'2', &[]),
+            msg(b'G', &[0, 0, 0]),
+            complete("COPY 0"),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(t, "ffFfR");
+    assert!(p.reusable());
+    // A CopyDone ahead of a statement that is no COPY is ignored by the server.
+    p.sent(query());
+    p.sent_copy_end();
+    p.sent(Owed::Sync);
+    let t = feed(&mut p, &[complete("SELECT 1"), ready(b'I'), ready(b'I')]);
+    assert_eq!(t, "FRR");
     assert!(p.reusable());
 }
