@@ -27,6 +27,8 @@ impl Session {
     /// An answer of pgvane's own, in its place among the server's answers.
     pub(super) fn push_synthetic(&mut self, msg: Bytes) {
         if let Some(msg) = self.pending.synthetic(msg) {
+            // Part of an answer: a replica read can no longer be replayed unseen.
+            self.forwarded += 1;
             self.cout.extend_from_slice(&msg);
         }
     }
@@ -34,6 +36,7 @@ impl Session {
     /// Release synthetic answers that are now next in line.
     pub(super) fn drain_synthetic(&mut self) {
         while let Some(msg) = self.pending.take_synthetic() {
+            self.forwarded += 1;
             self.cout.extend_from_slice(&msg);
         }
     }
@@ -77,7 +80,10 @@ impl Session {
     /// Handle one client message.
     pub(super) async fn on_client_frame(&mut self, frame: Bytes) -> Result<(), End> {
         let tag = frame[0];
-        tracing::trace!(tag = %(tag as char), len = frame.len(), "client message");
+        if let Some(r) = self.retry.as_mut().filter(|r| r.extended && !r.complete) {
+            r.frames.push(frame.clone());
+            r.complete = tag == b'S';
+        }
         if self.skip_until_sync {
             match tag {
                 b'S' => {

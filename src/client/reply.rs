@@ -79,14 +79,13 @@ impl Session {
 
     /// Pass a server message to the client, with the bookkeeping of a replica read's retry.
     fn forward(&mut self, frame: Bytes) {
-        if frame[0] == b'T' {
+        let simple_retry = self.retry.as_ref().is_some_and(|r| !r.extended);
+        if frame[0] == b'T' && (simple_retry || self.skip_row_description) {
             if std::mem::take(&mut self.skip_row_description) {
                 // The retried read's RowDescription: the client already has it.
                 return;
             }
-            if self.retry_frame.is_some() {
-                self.row_description_sent = true;
-            }
+            self.row_description_sent = true;
         } else if !matches!(frame[0], b'N' | b'S' | b'A') {
             self.forwarded += 1;
         }
@@ -142,7 +141,7 @@ impl Session {
     }
 
     fn on_ready(&mut self, frame: Bytes, owed: Owed, status: TxStatus, forward: bool) {
-        self.retry_frame = None;
+        self.retry = None;
         if let Owed::Query {
             set: Some(cmd),
             ok: true,

@@ -752,7 +752,11 @@ impl Session {
                     self.tx_wrote = true;
                 }
                 if t.role == Role::Replica && self.deferred_begin.is_none() {
-                    self.retry_frame = Some(frame.clone());
+                    self.retry = Some(super::session::Retry {
+                        frames: vec![frame.clone()],
+                        complete: true,
+                        extended: false,
+                    });
                     self.retry_mark = self.forwarded;
                     self.row_description_sent = false;
                 }
@@ -866,6 +870,15 @@ impl Session {
             Plan::Single(t) => {
                 if t.role == Role::Primary && info.analysis.write {
                     self.tx_wrote = true;
+                }
+                if t.role == Role::Replica && self.deferred_begin.is_none() {
+                    // The rest of the batch is recorded as it arrives (on_client_frame).
+                    self.retry = Some(super::session::Retry {
+                        frames: vec![frame.clone()],
+                        complete: tag == b'S',
+                        extended: true,
+                    });
+                    self.retry_mark = self.forwarded;
                 }
                 self.ensure_server_for(Some(t)).await
             }

@@ -64,6 +64,16 @@ impl From<protocol::ProtocolError> for End {
     }
 }
 
+/// A read sent to a replica outside a transaction, kept until its first answer so that it can
+/// be run again on the primary if the replica fails before anything reached the client.
+pub struct Retry {
+    /// The client's messages: one Query, or an extended-protocol batch up to its Sync.
+    pub frames: Vec<bytes::Bytes>,
+    /// The batch's Sync has been seen (a simple Query is complete at once).
+    pub complete: bool,
+    pub extended: bool,
+}
+
 pub struct Session {
     pub(super) app: Arc<App>,
     pub(super) ctx: SessionCtx,
@@ -123,7 +133,7 @@ pub struct Session {
     pub(super) describe_only: bool,
     /// A read sent to a replica outside a transaction, kept until its first answer so that
     /// it can be retried once elsewhere if the replica fails before answering.
-    pub(super) retry_frame: Option<bytes::Bytes>,
+    pub(super) retry: Option<Retry>,
     /// Server messages forwarded to the client so far (to tell "nothing answered yet").
     pub(super) forwarded: u64,
     pub(super) retry_mark: u64,
@@ -178,7 +188,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         bytes_in: 0,
         bytes_out: 0,
         describe_only: false,
-        retry_frame: None,
+        retry: None,
         forwarded: 0,
         retry_mark: 0,
         force_primary: false,
@@ -293,13 +303,16 @@ impl Session {
     /// A replica failed before answering a read sent outside a transaction: count the failure
     /// against it and run the read again on the primary, without the client noticing.
     pub(super) fn retry_read(&mut self) -> bool {
-        let Some(frame) = self.retry_frame.take() else {
+        let Some(retry) = self.retry.take() else {
             return false;
         };
         let on_replica = matches!(&self.held, Some(t) if t.role == Role::Replica);
+        // Nothing of the answer reached the client; all that is owed belongs to this read.
         let untouched = self.forwarded == self.retry_mark
-            && self.pending.len() == 1
-            && matches!(self.pending.front(), Some(Owed::Query { .. }));
+            && retry.complete
+            && (retry.extended
+                || (self.pending.len() == 1
+                    && matches!(self.pending.front(), Some(Owed::Query { .. }))));
         if !on_replica || !untouched {
             return false;
         }
@@ -325,8 +338,11 @@ impl Session {
         self.pending = Pending::new();
         self.force_primary = true;
         self.skip_row_description = std::mem::take(&mut self.row_description_sent);
-        let mut cin = BytesMut::with_capacity(frame.len() + self.cin.len());
-        cin.extend_from_slice(&frame);
+        let len: usize = retry.frames.iter().map(|f| f.len()).sum();
+        let mut cin = BytesMut::with_capacity(len + self.cin.len());
+        for f in &retry.frames {
+            cin.extend_from_slice(f);
+        }
         cin.extend_from_slice(&self.cin);
         self.cin = cin;
         true
@@ -571,6 +587,7 @@ impl Session {
             self.flush_client().await.ok();
         }
         self.held = None;
+        self.retry = None;
         if let Some(mut conn) = self.server.take() {
             self.account(&mut conn);
             self.clear_cancel();
