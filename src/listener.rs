@@ -46,7 +46,11 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                     tokio::spawn(client::handle(app, stream, ticket));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    static ACCEPT: crate::logging::RateLimit =
+                        crate::logging::RateLimit::per_second(1);
+                    if let Some(suppressed) = ACCEPT.check() {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -251,7 +251,11 @@ async fn authenticate_client(
             Startup::Cancel { pid, secret } => {
                 if let Some(t) = app.cancel_target(pid, secret) {
                     if let Err(e) = crate::server::send_cancel(&t.addr, t.pid, t.secret).await {
-                        tracing::warn!(error = %e, "forwarding cancel request failed");
+                        static CANCEL: crate::logging::RateLimit =
+                            crate::logging::RateLimit::per_second(5);
+                        if let Some(suppressed) = CANCEL.check() {
+                            tracing::warn!(error = %e, suppressed, "forwarding cancel request failed");
+                        }
                     }
                 }
                 return Ok(None);

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::session::{End, Session};
 use super::tracker::{Desync, Owed, Step, TxStatus};
 use crate::config::PoolMode;
+use crate::logging::{bounded, RateLimit};
 use crate::params::{self, SetCmd};
 use crate::protocol;
 
@@ -61,13 +62,17 @@ impl Session {
     /// The server answered something it was not asked: it is closed, and so is the client,
     /// whose answers can no longer be matched to its requests.
     fn desync(&mut self, why: &str) -> End {
-        tracing::warn!(
-            user = %self.ctx.user,
-            database = %self.ctx.database,
-            reason = %why,
-            trace = %self.server.as_ref().map(|s| s.trace.text()).unwrap_or_default(),
-            "server connection out of step: closing it and the client"
-        );
+        static OUT_OF_STEP: RateLimit = RateLimit::per_second(5);
+        if let Some(suppressed) = OUT_OF_STEP.check() {
+            tracing::warn!(
+                user = %bounded(&self.ctx.user, 64),
+                database = %bounded(&self.ctx.database, 64),
+                reason = %bounded(why, 200),
+                trace = %self.server.as_ref().map(|s| s.trace.text()).unwrap_or_default(),
+                suppressed,
+                "server connection out of step: closing it and the client"
+            );
+        }
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
         }

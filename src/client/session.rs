@@ -369,15 +369,22 @@ impl Session {
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
             };
-            let frame =
-                match protocol::split_frame(&mut server.rbuf, crate::server::MAX_SERVER_MESSAGE) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return Ok(()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "server protocol error");
-                        return self.server_lost(true);
+            let frame = match protocol::split_frame(
+                &mut server.rbuf,
+                crate::server::MAX_SERVER_MESSAGE,
+            ) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    static BAD_SERVER: crate::logging::RateLimit =
+                        crate::logging::RateLimit::per_second(5);
+                    if let Some(suppressed) = BAD_SERVER.check() {
+                        let e = e.0;
+                        tracing::warn!(error = %crate::logging::bounded(&e, 200), suppressed, "server protocol error");
                     }
-                };
+                    return self.server_lost(true);
+                }
+            };
             self.on_server_frame(frame)?;
         }
     }
@@ -566,7 +573,11 @@ impl Session {
         match conn.run_internal(&sql).await {
             Ok(None) if !conn.broken => conn.params = self.effective.clone(),
             Ok(Some(err)) if !conn.broken => {
-                tracing::warn!(code = %err.code, msg = %err.message, "applying client settings failed");
+                static SETTINGS: crate::logging::RateLimit =
+                    crate::logging::RateLimit::per_second(5);
+                if let Some(suppressed) = SETTINGS.check() {
+                    tracing::warn!(code = %err.code, msg = %crate::logging::bounded(&err.message, 200), suppressed, "applying client settings failed");
+                }
                 conn.params = self.effective.clone();
             }
             _ => return false,
