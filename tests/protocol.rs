@@ -185,6 +185,21 @@ fn scenarios() -> Vec<(&'static str, Vec<Vec<Vec<u8>>>)> {
             ],
         ),
         (
+            "a named parse after an error is discarded until sync",
+            vec![
+                vec![parse("", "selec 1"), flush()],
+                vec![
+                    parse("s9", "select 9"),
+                    bind("", "s9", &[]),
+                    execute("", 0),
+                    flush(),
+                ],
+                vec![sync()],
+                vec![bind("", "s9", &[]), execute("", 0), sync()],
+                vec![query("select 20")],
+            ],
+        ),
+        (
             "flush without sync keeps the batch open",
             vec![
                 vec![

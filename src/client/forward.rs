@@ -44,6 +44,12 @@ impl Session {
     /// Write a Parse for `def` to the server and remember it there (evicting the LRU one).
     fn prepare_on_server(&mut self, def: &std::sync::Arc<super::prepared::StmtDef>, swallow: bool) {
         let max = self.ctx.config.general.max_prepared_statements;
+        if self.pending.skipping() {
+            // The server discards everything until Sync: a Parse sent now would not prepare
+            // anything, and recording it would leave this server's cache claiming a
+            // statement it lacks (a later client's Bind would fail with 26000).
+            return;
+        }
         let Some(server) = self.server.as_mut() else {
             return;
         };
@@ -271,6 +277,10 @@ impl Session {
                         stmt: None,
                         swallow: false,
                     });
+                    return Ok(());
+                }
+                if self.pending.skipping() {
+                    // Discarded by the server (it skips to Sync): the statement is not created.
                     return Ok(());
                 }
                 let def = super::prepared::registry()
