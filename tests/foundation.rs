@@ -291,6 +291,9 @@ async fn cancel_reaches_the_running_query() {
         .cancel_query(tokio_postgres::NoTls)
         .await
         .unwrap();
+    // A CancelRequest is asynchronous (its sender does not wait for it to be handled): give
+    // it time to arrive, so that it cannot apply to the next statement instead.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         c2.query_one("SELECT 7", &[])
             .await
