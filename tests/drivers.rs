@@ -1,5 +1,5 @@
 //! Real drivers with their real habits, through pgvane and directly: the same script must
-//! pass both ways. `.ci/run` installs the drivers (psycopg 3 from PyPI).
+//! pass both ways. `.ci/run` installs the drivers (psycopg 3 and asyncpg from PyPI).
 
 mod common;
 
@@ -101,6 +101,17 @@ fn psycopg_pipeline_with_read_write_split() {
     let replica = shared_replica();
     let p = pgvane_for(pg, Some(replica));
     if let Err(e) = run_script("python3", "psycopg_pipeline.py", &dsn(p.port())) {
+        panic!("through pgvane: {e}\n--- pgvane log ---\n{}", p.log());
+    }
+}
+
+#[test]
+fn asyncpg_statement_cache_across_alter_table() {
+    let pg = shared();
+    run_script("python3", "asyncpg_alter.py", &dsn(pg.port()))
+        .unwrap_or_else(|e| panic!("the script fails against PostgreSQL itself: {e}"));
+    let p = pgvane_for(pg, None);
+    if let Err(e) = run_script("python3", "asyncpg_alter.py", &dsn(p.port())) {
         panic!("through pgvane: {e}\n--- pgvane log ---\n{}", p.log());
     }
 }

@@ -183,6 +183,7 @@ impl Session {
         if self.try_reprepare(&fields, &skipped) {
             return;
         }
+        self.evict_changed_result_type(&fields, &skipped);
         self.cout.extend_from_slice(&frame);
         // What the server skipped did not happen there.
         if let Some(server) = self.server.as_mut() {
@@ -230,15 +231,40 @@ impl Session {
             && (self.ctx.mode == PoolMode::Session || self.pending.tx() != TxStatus::Idle)
     }
 
-    /// A shared statement went stale on this server (a schema change altered its result
-    /// type, or the server lost it): outside an explicit transaction, prepare it again and
-    /// replay the client's messages from the failing Bind, once, so the client never sees it.
-    fn try_reprepare(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) -> bool {
-        let stale = (fields.code == "0A000"
+    /// A schema change altered a shared statement's result type. The client described the
+    /// old shape, so it must see PostgreSQL's 0A000 (drivers such as asyncpg re-prepare on
+    /// it); replaying would hand it rows of a shape it was never told. The stale statement
+    /// is closed on this server so that the client's re-prepare gets the new shape here.
+    fn evict_changed_result_type(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) {
+        let changed = fields.code == "0A000"
             && fields
                 .message
-                .contains("cached plan must not change result type"))
-            || (fields.code == "26000" && fields.message.contains("pgvane_"));
+                .contains("cached plan must not change result type");
+        let Some(Owed::Bind {
+            stmt: Some(def), ..
+        }) = skipped.first()
+        else {
+            return;
+        };
+        if !changed || self.server.is_none() || self.pending.skipping() {
+            return;
+        }
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.remove(def.id);
+        }
+        // Queued behind the Sync the client already sent, answer swallowed.
+        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
+        self.pending.sent(Owed::Close {
+            stmt: None,
+            swallow: true,
+        });
+    }
+
+    /// A shared statement this server lost (26000 for a `pgvane_` name, e.g. after a
+    /// DEALLOCATE): outside an explicit transaction, prepare it again and replay the client's
+    /// messages from the failing Bind, once, so the client never sees it.
+    fn try_reprepare(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) -> bool {
+        let stale = fields.code == "26000" && fields.message.contains("pgvane_");
         // Only when the failed batch's Sync is the last thing owed: answers to anything
         // pipelined after it would otherwise overtake the replay.
         if !stale
