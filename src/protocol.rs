@@ -243,6 +243,14 @@ pub fn bind_params(rest: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
 }
 
 /// Describe ('D') and Close ('C') share a shape: a kind byte ('S' or 'P') and a name.
+/// The row limit of an Execute frame (None when malformed).
+pub fn execute_max_rows(frame: &[u8]) -> Option<i32> {
+    let body = frame.get(5..)?;
+    let nul = body.iter().position(|b| *b == 0)?;
+    let n = body.get(nul + 1..nul + 5)?;
+    Some(i32::from_be_bytes([n[0], n[1], n[2], n[3]]))
+}
+
 pub fn parse_target(frame: &[u8]) -> Result<(u8, &[u8]), ProtocolError> {
     let mut b = body(frame);
     if b.is_empty() {

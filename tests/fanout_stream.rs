@@ -98,17 +98,46 @@ fn total_mb() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1gb_fanout_read_slowly_keeps_rss_growth_under_64mib() {
-    let shards = shard_dbs(shared(), "fstream");
+    slow_fanout_read("fstream", total_mb(), false).await;
+}
+
+/// The same over the extended protocol (Parse/Bind/Describe/Execute/Sync, as tokio-postgres
+/// and JDBC send it), a quarter of the size: buffering would show as RSS growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_protocol_fanout_read_slowly_streams_too() {
+    slow_fanout_read("fstreamx", total_mb() / 4, true).await;
+}
+
+fn extended_query(sql: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut p = sql.as_bytes().to_vec();
+    p.splice(0..0, [0u8]); // unnamed statement
+    p.push(0);
+    p.extend_from_slice(&[0, 0]);
+    out.extend(raw_client::frame(b'P', &p));
+    out.extend(raw_client::frame(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]));
+    out.extend(raw_client::frame(b'D', b"P\0"));
+    out.extend(raw_client::frame(b'E', &[0, 0, 0, 0, 0]));
+    out.extend(raw_client::frame(b'S', &[]));
+    out
+}
+
+async fn slow_fanout_read(prefix: &str, mb: u64, extended: bool) {
+    let shards = shard_dbs(shared(), prefix);
     let p = Pgvane::start(&config(free_port(), &shards));
     let _c = seed(&p).await;
     // ~1 KiB per row, half of the total on each shard.
-    let per_shard: u64 = total_mb() * 1024 / 2;
+    let per_shard: u64 = mb * 1024 / 2;
     let mut r = Raw::connect(p.port(), "app", "big");
     let base = vm_rss_kib(p.pid());
     let started = Instant::now();
-    r.query(&format!(
-        "SELECT g, repeat('x', 1000) FROM seeds, generate_series(1, {per_shard}) g"
-    ));
+    let sql = format!("SELECT g, repeat('x', 1000) FROM seeds, generate_series(1, {per_shard}) g");
+    if extended {
+        r.send(&extended_query(&sql));
+    } else {
+        r.query(&sql);
+    }
+    let mut replies = String::new();
     let mut rows: u64 = 0;
     let mut sum: u64 = 0;
     let mut peak = base;
@@ -120,6 +149,9 @@ async fn a_1gb_fanout_read_slowly_keeps_rss_growth_under_64mib() {
     loop {
         let m = r.read_msg_chunked(16 * 1024);
         bytes += m.body.len() as u64 + 5;
+        if m.tag != b'D' {
+            replies.push(m.tag as char);
+        }
         match m.tag {
             b'T' => {}
             b'D' => {
@@ -156,6 +188,11 @@ async fn a_1gb_fanout_read_slowly_keeps_rss_growth_under_64mib() {
         "fan-out of {} MiB: {rows} rows in {:.1}s, pgvane RSS {base} kB -> peak {peak} kB (+{growth_mib:.1} MiB)",
         bytes >> 20,
         started.elapsed().as_secs_f64()
+    );
+    let expected = if extended { "12TCZ" } else { "TCZ" };
+    assert_eq!(
+        replies, expected,
+        "the answers PostgreSQL gives, around the rows"
     );
     assert_eq!(rows, 2 * per_shard, "every row arrived");
     assert_eq!(sum, 2 * (per_shard * (per_shard + 1) / 2), "checksum");

@@ -114,13 +114,15 @@ impl Session {
                 // pgvane does not forward them, so the server's state stays known.
                 b'S' | b'H' => return Ok(()),
                 other => {
+                    // PostgreSQL reports it, then ends the connection.
                     if let Some(s) = self.server.as_mut() {
                         s.broken = true;
                     }
-                    return Err(End::Fatal(
+                    self.client_error(
                         "08P01",
-                        format!("unexpected message type 0x{other:02X} during COPY from stdin"),
-                    ));
+                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                    );
+                    return Err(End::Fatal("08P01", super::LOST_SYNC.into()));
                 }
             }
         }
@@ -136,7 +138,10 @@ impl Session {
                     self.push_synthetic(reply);
                     return Ok(());
                 }
-                if self.routing && !Box::pin(self.route_query(&frame)).await? {
+                if self.routing
+                    && !super::session::watched("route_query", Box::pin(self.route_query(&frame)))
+                        .await?
+                {
                     return Ok(());
                 }
                 if !self.ensure_server().await? {
@@ -200,7 +205,12 @@ impl Session {
             }
             b'P' | b'B' | b'D' | b'E' | b'F' => {
                 if self.routing {
-                    if !Box::pin(self.route_extended(&frame)).await? {
+                    if !super::session::watched(
+                        "route_extended",
+                        Box::pin(self.route_extended(&frame)),
+                    )
+                    .await?
+                    {
                         // A fan-out consumed the batch itself; otherwise skip to Sync.
                         if !std::mem::take(&mut self.fanned_out) {
                             self.skip_until_sync = true;

@@ -11,6 +11,7 @@
 //! statement traffic belongs to the session.
 
 mod authenticate;
+
 pub mod budget;
 mod fanout;
 mod forward;
@@ -19,6 +20,10 @@ mod reply;
 mod route;
 mod session;
 pub mod tracker;
+
+/// PostgreSQL's FATAL after a client broke the message stream.
+pub(crate) const LOST_SYNC: &str =
+    "terminating connection because protocol synchronization was lost";
 
 pub use fanout::{merge_responses, merge_tags};
 pub use route::{choose_role, Role, RoleContext};

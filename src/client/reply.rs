@@ -213,8 +213,9 @@ impl Session {
         if let Some(s) = self.server.as_mut() {
             s.broken = true;
         }
-        if self.server_is_the_session() {
-            // Like PostgreSQL: the FATAL, then the connection closes.
+        if self.server_is_the_session() || fields.code == "08P01" {
+            // Like PostgreSQL: the FATAL, then the connection closes. A protocol violation
+            // (08P01) is the client's own doing: its stream cannot go on elsewhere either.
             self.cout.extend_from_slice(&frame);
             self.drop_server();
             return Err(End::Closed);
@@ -252,12 +253,16 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             server.prepared.remove(def.id);
         }
-        // Queued behind the Sync the client already sent, answer swallowed.
+        // Queued behind the Sync the client already sent, answers swallowed. Its own Sync
+        // makes the server send the CloseComplete (it flushes only at Sync or Flush) and
+        // closes the batch, so the server can be released.
         protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
         self.pending.sent(Owed::Close {
             stmt: None,
             swallow: true,
         });
+        protocol::sync(&mut self.sout);
+        self.pending.sent(Owed::SwallowReady);
     }
 
     /// A shared statement this server lost (26000 for a `pgvane_` name, e.g. after a

@@ -148,6 +148,37 @@ pub struct Session {
     pub(super) input_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// `PGVANE_STALL_LOG_SECS` (diagnostics, off by default): when set, a session holding a
+/// server logs its state after that many seconds without traffic on either socket.
+fn stall_after() -> Option<Instant> {
+    static SECS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let secs = *SECS.get_or_init(|| {
+        std::env::var("PGVANE_STALL_LOG_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    });
+    (secs > 0).then(|| Instant::now() + std::time::Duration::from_secs(secs))
+}
+
+/// Await `f`; with `PGVANE_STALL_LOG_SECS` set, log `label` each time it takes that long.
+pub(super) async fn watched<F: std::future::Future>(label: &'static str, f: F) -> F::Output {
+    let Some(mut at) = stall_after() else {
+        return f.await;
+    };
+    let start = Instant::now();
+    tokio::pin!(f);
+    loop {
+        tokio::select! {
+            r = &mut f => return r,
+            _ = tokio::time::sleep_until(at.into()) => {
+                tracing::warn!(label, waited_s = start.elapsed().as_secs(), "session stalled awaiting");
+                at = stall_after().unwrap_or(at);
+            }
+        }
+    }
+}
+
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
     let rewrite = ctx.mode != PoolMode::Session;
     let routing = ctx.mode != PoolMode::Session && ctx.db.needs_analysis();
@@ -290,8 +321,26 @@ impl Session {
                 _ = self.ctx.info.kill.notified() => {
                     return Err(End::Fatal("57P01", "terminating connection due to administrator command".into()));
                 }
+                _ = sleep_until(stall_after()) => self.log_stall(),
             }
         }
+    }
+
+    /// Diagnostics (`PGVANE_STALL_LOG_SECS`): nothing moved on either socket for that long
+    /// while a server is held; say what pgvane is waiting for.
+    fn log_stall(&self) {
+        tracing::warn!(
+            pending = %self.pending.summary(),
+            trace = %self.server.as_ref().map(|s| s.trace.text()).unwrap_or_default(),
+            cin = self.cin.len(),
+            cin_first = ?self.cin.first().map(|b| *b as char),
+            must_wait = self.must_wait_for_server(),
+            skip_until_sync = self.skip_until_sync,
+            replaying = self.replaying,
+            retry = self.retry.is_some(),
+            deferred_begin = self.deferred_begin.is_some(),
+            "session stalled: a server is held and nothing arrived"
+        );
     }
 
     /// Queue an ERROR of pgvane's own for the client (and count it).
@@ -354,6 +403,7 @@ impl Session {
     fn must_wait_for_server(&self) -> bool {
         self.routing
             && self.server.is_some()
+            && self.pending.copy() == super::tracker::Copy::None
             && self.pending.tx() == TxStatus::Idle
             && !self.pending.open_batch()
             && !self.pending.is_empty()
@@ -396,7 +446,10 @@ impl Session {
         self.bytes_in += self.sout.len() as u64;
         if let Some(server) = self.server.as_mut() {
             server.trace.sent(&self.sout);
-            if server.stream.write_all(&self.sout).await.is_err() {
+            if watched("write to server", server.stream.write_all(&self.sout))
+                .await
+                .is_err()
+            {
                 self.sout.clear();
                 return self.server_lost(true);
             }
@@ -415,7 +468,7 @@ impl Session {
         match super::budget::large_message_at(&self.cin) {
             Some(len) if self.input_permit.is_none() => {
                 let wait = self.ctx.config.general.query_wait_timeout;
-                match self.app.input.reserve(len, wait).await {
+                match watched("input budget", self.app.input.reserve(len, wait)).await {
                     Ok(p) => self.input_permit = Some(p),
                     Err(e) => {
                         crate::metrics::count_error(&self.ctx.database, "53200");
@@ -439,7 +492,7 @@ impl Session {
         if self.cout.is_empty() {
             return Ok(());
         }
-        let r = self.client.write_all(&self.cout).await;
+        let r = watched("write to client", self.client.write_all(&self.cout)).await;
         self.bytes_out += self.cout.len() as u64;
         self.cout.clear();
         if self.cout.capacity() > 256 * 1024 {
@@ -477,14 +530,14 @@ impl Session {
             .store(CLIENT_WAITING, std::sync::atomic::Ordering::Relaxed);
         let conn = loop {
             let pool = self.pool_for(target.as_ref());
-            let got = Box::pin(pool.get()).await;
+            let got = watched("pool.get", Box::pin(pool.get())).await;
             self.ctx
                 .info
                 .state
                 .store(CLIENT_IDLE, std::sync::atomic::Ordering::Relaxed);
             let failure = match got {
                 Ok(mut c) => {
-                    if Box::pin(self.apply_settings(&mut c)).await {
+                    if watched("apply_settings", Box::pin(self.apply_settings(&mut c))).await {
                         break c;
                     }
                     drop(c);
@@ -570,7 +623,25 @@ impl Session {
         let Some(sql) = params::sync_sql(&self.effective, &conn.params) else {
             return true;
         };
-        match conn.run_internal(&sql).await {
+        let history = stall_after().map(|_| conn.trace.text());
+        if let Some(h) = &history {
+            tracing::debug!(trace = %h, "applying settings");
+        }
+        let r = match (history, stall_after()) {
+            (Some(h), Some(at)) => {
+                let f = conn.run_internal(&sql);
+                tokio::pin!(f);
+                tokio::select! {
+                    r = &mut f => r,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        tracing::warn!(trace = %h, "settings query unanswered; server history before it");
+                        f.await
+                    }
+                }
+            }
+            _ => conn.run_internal(&sql).await,
+        };
+        match r {
             Ok(None) if !conn.broken => conn.params = self.effective.clone(),
             Ok(Some(err)) if !conn.broken => {
                 static SETTINGS: crate::logging::RateLimit =
@@ -594,7 +665,11 @@ impl Session {
             return;
         }
         if self.tx_wrote {
-            Box::pin(self.capture_write_position()).await;
+            watched(
+                "capture_write_position",
+                Box::pin(self.capture_write_position()),
+            )
+            .await;
             self.flush_client().await.ok();
         }
         self.held = None;

@@ -391,6 +391,7 @@ impl Session {
                 b'H' | b'S' => {}
                 b'X' => return Err(End::ClientGone),
                 other => {
+                    // PostgreSQL reports it, then ends the connection (FATAL): so does pgvane.
                     let e = CopyError {
                         code: "08P01",
                         message: format!(
@@ -398,9 +399,8 @@ impl Session {
                         ),
                         context: None,
                     };
-                    return self
-                        .copy_abort(sh, Some(error_frame(&e).freeze()), status)
-                        .await;
+                    self.abort_shards(sh, Some(error_frame(&e).freeze())).await;
+                    return Err(End::Fatal("08P01", super::super::LOST_SYNC.into()));
                 }
             }
         }
@@ -443,10 +443,17 @@ impl Session {
     /// `error` (or the first shard's error).
     async fn copy_abort(
         &mut self,
-        mut sh: Vec<Shard>,
+        sh: Vec<Shard>,
         error: Option<Bytes>,
         status: u8,
     ) -> Result<(), End> {
+        self.abort_shards(sh, error).await;
+        protocol::ready_for_query(&mut self.cout, status);
+        Ok(())
+    }
+
+    /// End the COPY on every shard (rolled back) and queue the error for the client.
+    async fn abort_shards(&mut self, mut sh: Vec<Shard>, error: Option<Bytes>) {
         // The error that made us give up comes first; the shards' answers to our CopyFail
         // are not the client's business.
         let shard_error = sh.iter().find_map(|s| s.error.clone());
@@ -462,8 +469,6 @@ impl Session {
         }
         self.forward_copy_error(error.or(shard_error));
         release(sh);
-        protocol::ready_for_query(&mut self.cout, status);
-        Ok(())
     }
 
     fn forward_copy_error(&mut self, err: Option<Bytes>) {

@@ -1,12 +1,14 @@
-//! Streaming merge of several shards' answers to one simple Query into what one server
-//! would have said: frames in, frames out.
+//! Streaming merge of several shards' answers to one simple Query, or to one translated
+//! extended-protocol batch, into what one server would have said: frames in, frames out.
 //!
 //! Owns: the order in which shard streams are consumed (the heads of every shard's result
 //! first, so that RowDescriptions and CopyOutResponses are compared before anything is sent,
 //! then each shard's rows in shard order), summing CommandComplete counts, COPY TO merging
 //! (one CopyOutResponse, one header line for CSV/text HEADER, one binary file header and
-//! trailer, one CopyDone), and what happens after a shard error (forward it once, then drain
-//! every shard to ReadyForQuery).
+//! trailer, one CopyDone), the extended protocol's single answers (ParseComplete,
+//! BindComplete, ParameterDescription, NoData, CloseComplete: sent once; pgvane's own Parses
+//! hidden), rows of an Execute without a RowDescription before them, and what happens after a
+//! shard error (forward it once, then drain every shard to ReadyForQuery).
 //!
 //! Must not: do I/O or buffer rows: every DataRow/CopyData goes to the output as it is fed,
 //! so memory stays bounded by what the caller holds. Never panics on any frame.
@@ -69,9 +71,14 @@ pub struct Merge {
     hold_tags: bool,
     tail: BytesMut,
     failed: bool,
+    /// Extended protocol: for each ParseComplete to come, whether the client asked for it.
+    parse_visible: std::collections::VecDeque<bool>,
 }
 
 const BINARY_HEADER: usize = 19;
+
+/// Why an Execute with a row limit is refused on several shards.
+pub const ROW_LIMIT: &str = "an Execute with a row limit (a driver's fetch size) cannot run on several shards at once; fetch all rows, or add a /* pgvane: shard=N */ hint";
 
 impl Merge {
     pub fn new(n: usize, copy: CopyOut, hold_tags: bool) -> Self {
@@ -91,7 +98,15 @@ impl Merge {
             hold_tags,
             tail: BytesMut::new(),
             failed: false,
+            parse_visible: Default::default(),
         }
+    }
+
+    /// Extended protocol: the batch's ParseCompletes, in order, and whether each goes to the
+    /// client (false for a Parse pgvane added to prepare a named statement inline).
+    pub fn parse_completes(mut self, visible: impl IntoIterator<Item = bool>) -> Self {
+        self.parse_visible = visible.into_iter().collect();
+        self
     }
 
     /// A shard reported an error (forwarded) or the shards disagreed.
@@ -193,13 +208,10 @@ impl Merge {
                 b'D' => out.extend_from_slice(&f),
                 b'C' => {
                     self.tags[cur] = protocol::command_tag(&f).to_vec();
-                    if cur + 1 < self.n {
-                        self.state = State::Rows { cur: cur + 1 };
-                    } else {
-                        self.emit_tags(out);
-                    }
+                    self.rows_from(cur + 1, out);
                 }
                 b'E' => self.fail_with(out, |o| o.extend_from_slice(&f)),
+                b's' => self.fail_msg(out, "0A000", ROW_LIMIT),
                 _ => self.fail_msg(out, "XX000", "unexpected message from a shard in a result"),
             },
             State::Copy { cur, done } => match (tag, done) {
@@ -264,6 +276,30 @@ impl Merge {
         out.extend_from_slice(&f);
     }
 
+    /// Stream shard `cur`'s rows next; a head that is already a DataRow (an Execute without
+    /// a RowDescription before it) is sent first, and a head that is the CommandComplete of
+    /// a shard without rows completes that shard at once.
+    fn rows_from(&mut self, mut cur: usize, out: &mut BytesMut) {
+        while cur < self.n {
+            match self.heads[cur].take() {
+                Some(h) if h[0] == b'D' => {
+                    out.extend_from_slice(&h);
+                    break;
+                }
+                Some(h) if h[0] == b'C' => {
+                    self.tags[cur] = protocol::command_tag(&h).to_vec();
+                    cur += 1;
+                }
+                _ => break,
+            }
+        }
+        if cur < self.n {
+            self.state = State::Rows { cur };
+        } else {
+            self.emit_tags(out);
+        }
+    }
+
     fn emit_tags(&mut self, out: &mut BytesMut) {
         let tags: Vec<&[u8]> = self.tags.iter().map(|t| t.as_slice()).collect();
         let merged = super::merge_tags(&tags);
@@ -289,6 +325,18 @@ impl Merge {
             return;
         };
         let kind = first[0];
+        let rows_without_description =
+            heads.iter().all(|h| matches!(h[0], b'D' | b'C')) && heads.iter().any(|h| h[0] == b'D');
+        if heads.iter().any(|h| h[0] == b's') {
+            return self.fail_msg(out, "0A000", ROW_LIMIT);
+        }
+        if rows_without_description {
+            if !self.tail.is_empty() {
+                out.extend_from_slice(&self.tail);
+                self.tail.clear();
+            }
+            return self.rows_from(0, out);
+        }
         if heads.iter().any(|h| h[0] != kind) {
             return self.fail_msg(out, "XX000", "shards returned results of different shapes");
         }
@@ -320,10 +368,24 @@ impl Merge {
                 }
                 self.emit_tags(out);
             }
-            b'I' => {
+            b'I' | b'2' | b'n' | b'3' => {
                 out.extend_from_slice(&first);
                 self.reset_heads();
             }
+            b'1' => {
+                if self.parse_visible.pop_front().unwrap_or(true) {
+                    out.extend_from_slice(&first);
+                }
+                self.reset_heads();
+            }
+            b't' => {
+                if heads.iter().any(|h| h[..] != first[..]) {
+                    return self.fail_msg(out, "XX000", "shards described different parameter types");
+                }
+                out.extend_from_slice(&first);
+                self.reset_heads();
+            }
+            b's' => self.fail_msg(out, "0A000", ROW_LIMIT),
             _ => self.fail_msg(
                 out,
                 "0A000",
@@ -564,5 +626,62 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(m.next(), Need::Done);
         assert_eq!(m.take_tail(), cat(&[c("INSERT 0 2")]));
+    }
+
+    fn tiny(tag: u8) -> Bytes {
+        Bytes::from(vec![tag, 0, 0, 0, 4])
+    }
+
+    #[test]
+    fn extended_batch_answers_once_and_hides_pgvane_parses() {
+        // Translated batch: Parse (pgvane's, for a named statement) Bind Describe Execute Sync.
+        let s0 = vec![tiny(b'1'), tiny(b'2'), t("x"), d("a"), c("SELECT 1"), z()];
+        let s1 = vec![
+            tiny(b'1'),
+            tiny(b'2'),
+            t("x"),
+            d("b"),
+            d("c"),
+            c("SELECT 2"),
+            z(),
+        ];
+        let mut m = Merge::new(2, CopyOut::default(), false).parse_completes([false]);
+        let streams = [s0, s1];
+        let mut pos = [0, 0];
+        let mut out = BytesMut::new();
+        while let Need::Read(i) = m.next() {
+            m.feed(i, streams[i][pos[i]].clone(), &mut out);
+            pos[i] += 1;
+        }
+        assert!(!m.failed());
+        assert_eq!(
+            out,
+            cat(&[tiny(b'2'), t("x"), d("a"), d("b"), d("c"), c("SELECT 3")])
+        );
+    }
+
+    #[test]
+    fn execute_without_description_streams_rows_of_every_shard() {
+        // tokio-postgres: Bind Execute Sync (described earlier); shard 1 has no rows.
+        let s0 = vec![tiny(b'2'), d("a"), d("b"), c("SELECT 2"), z()];
+        let s1 = vec![tiny(b'2'), c("SELECT 0"), z()];
+        let s2 = vec![tiny(b'2'), d("c"), c("SELECT 1"), z()];
+        let (out, failed, pos) = run(vec![s0, s1, s2], CopyOut::default());
+        assert!(!failed);
+        assert_eq!(pos, vec![5, 3, 4]);
+        assert_eq!(
+            out,
+            cat(&[tiny(b'2'), d("a"), d("b"), d("c"), c("SELECT 3")])
+        );
+    }
+
+    #[test]
+    fn row_limited_execute_is_refused_clearly() {
+        let s0 = vec![tiny(b'2'), d("a"), tiny(b's'), z()];
+        let s1 = vec![tiny(b'2'), tiny(b's'), z()];
+        let (out, failed, _) = run(vec![s0, s1], CopyOut::default());
+        assert!(failed);
+        let err = &out[5..];
+        assert_eq!(protocol::parse_error(err).code, "0A000");
     }
 }

@@ -280,6 +280,19 @@ impl Session {
                 m.lost(i, Some(&format!("shard {s}: {e}")), &mut self.cout);
             }
         }
+        self.stream_merge(&mut conns, &mut m).await?;
+        self.end_fanout(conns, m, wrap, write).await;
+        protocol::ready_for_query(&mut self.cout, status);
+        Ok(())
+    }
+
+    /// Feed the shards' answers through the merge, reading each shard only as the merge asks
+    /// and flushing to the client as the output grows (a slow client slows the shards).
+    pub(crate) async fn stream_merge(
+        &mut self,
+        conns: &mut [(u32, PooledConn)],
+        m: &mut Merge,
+    ) -> Result<(), End> {
         let mut drained = vec![0usize; conns.len()];
         while let Need::Read(i) = m.next() {
             let Some((s, c)) = conns.get_mut(i) else {
@@ -309,6 +322,10 @@ impl Session {
                             continue;
                         }
                     }
+                    if f[0] == b'E' && !m.failed() {
+                        let code = protocol::parse_error(&f).code;
+                        crate::metrics::count_error(&self.ctx.database, &code);
+                    }
                     m.feed(i, f, &mut self.cout);
                 }
                 Err(e) => {
@@ -317,10 +334,21 @@ impl Session {
                 }
             }
             if self.cout.len() >= CLIENT_FLUSH_AT {
-                // A client that reads slowly slows the shards down here (bounded memory).
                 self.flush_client().await?;
             }
         }
+        Ok(())
+    }
+
+    /// After the merge: commit a wrapped write everywhere (or roll it back everywhere), send
+    /// the held final tag if all went well, and give the servers back.
+    pub(crate) async fn end_fanout(
+        &mut self,
+        mut conns: Vec<(u32, PooledConn)>,
+        mut m: Merge,
+        wrap: bool,
+        write: bool,
+    ) {
         let mut ok = !m.failed();
         let tail = m.take_tail();
         if wrap {
@@ -356,13 +384,11 @@ impl Session {
                 p.put(c);
             }
         }
-        protocol::ready_for_query(&mut self.cout, status);
-        Ok(())
     }
 }
 
 /// Read the answer to the BEGIN sent before a wrapped statement (through its ReadyForQuery).
-async fn begin_answer(c: &mut PooledConn) -> Result<(), String> {
+pub(crate) async fn begin_answer(c: &mut PooledConn) -> Result<(), String> {
     let mut err = None;
     loop {
         let f = c.read_frame().await.map_err(|e| e.to_string())?;

@@ -257,6 +257,24 @@ impl Pending {
         self.skipping
     }
 
+    /// The state in one bounded line, for diagnostics (names only, never contents).
+    pub fn summary(&self) -> String {
+        let mut names: Vec<&str> = self.queue.iter().take(16).map(Owed::name).collect();
+        if self.queue.len() > 16 {
+            names.push("...");
+        }
+        format!(
+            "owed {} [{}] tx {:?} copy {:?} open_batch {} skipping {} desync {}",
+            self.queue.len(),
+            names.join(", "),
+            self.tx,
+            self.copy,
+            self.open_batch,
+            self.skipping,
+            self.desync.is_some()
+        )
+    }
+
     /// A message was sent that the server answers with `owed`.
     pub fn sent(&mut self, owed: Owed) {
         match &owed {
@@ -265,7 +283,8 @@ impl Pending {
             | Owed::Describe { .. }
             | Owed::Execute { .. }
             | Owed::Close { .. } => self.open_batch = true,
-            Owed::Sync => {
+            // A Sync of the client's or one pgvane sent itself (answer swallowed).
+            Owed::Sync | Owed::SwallowReady => {
                 if self.copy == Copy::In {
                     // The server ignores Sync while in COPY IN mode.
                     return;
@@ -483,24 +502,30 @@ impl Pending {
         }
     }
 
-    /// CopyInResponse: Syncs already queued behind the COPY are read by the server in COPY
-    /// mode and ignored — up to a CopyDone/CopyFail the client already sent, which ends the
-    /// COPY (the server then answers it with CommandComplete or an error).
+    /// CopyInResponse. What the client sent behind the COPY before this arrived is read by
+    /// the server in COPY mode: Syncs (and Flushes) are ignored; a CopyDone/CopyFail ends the
+    /// COPY (answered with CommandComplete or an error) and what follows is read normally;
+    /// any other message makes the server report "unexpected message type during COPY from
+    /// stdin" and end the connection (FATAL 08P01): nothing after it is answered.
     fn enter_copy_in(&mut self) {
         self.copy = Copy::In;
-        let mut rest: VecDeque<Owed> = self.queue.drain(1..).collect();
-        let end = rest.iter().position(|o| matches!(o, Owed::CopyEnd));
-        let upto = end.unwrap_or(rest.len());
+        let rest: VecDeque<Owed> = self.queue.drain(1..).collect();
         let mut kept = VecDeque::with_capacity(rest.len());
-        for (i, o) in rest.drain(..).enumerate() {
-            if i < upto && matches!(o, Owed::Sync) {
+        for o in rest {
+            if self.copy == Copy::None {
+                kept.push_back(o);
                 continue;
             }
-            if Some(i) == end {
-                self.copy = Copy::None;
-                continue;
+            match o {
+                Owed::Sync | Owed::SwallowReady => {}
+                Owed::CopyEnd => self.copy = Copy::None,
+                // pgvane's own answer to a message it did not send: the server never sees it.
+                Owed::Synthetic(_) => kept.push_back(o),
+                _ => {
+                    self.copy = Copy::None;
+                    break;
+                }
             }
-            kept.push_back(o);
         }
         self.queue.extend(kept);
     }

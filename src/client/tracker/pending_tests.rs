@@ -666,3 +666,42 @@ fn copy_data_pipelined_before_the_copy_in_response() {
     assert_eq!(t, "FRR");
     assert!(p.reusable());
 }
+
+#[test]
+fn own_close_and_sync_after_a_batch_leave_the_server_reusable() {
+    // A Bind failed (changed result type); pgvane closes the stale statement behind the
+    // client's Sync with a Sync of its own, whose answer the client never sees.
+    let mut p = Pending::new();
+    for o in [bind(), execute(), Owed::Sync] {
+        p.sent(o);
+    }
+    assert_eq!(feed(&mut p, &[error()]), "E2");
+    p.sent(Owed::Close {
+        stmt: None,
+        swallow: true,
+    });
+    p.sent(Owed::SwallowReady);
+    assert!(!p.open_batch(), "pgvane's own Sync ends the batch");
+    assert_eq!(feed(&mut p, &[ready(b'I')]), "R");
+    assert!(!p.reusable(), "the Close is still owed");
+    assert_eq!(feed(&mut p, &[msg(b'3', &[]), ready(b'I')]), "sr");
+    assert!(p.reusable());
+}
+
+#[test]
+fn a_message_pipelined_behind_a_copy_ends_it_and_nothing_after_is_owed() {
+    // Q(COPY ... FROM STDIN) then Q, or P B E S, sent together: PostgreSQL reads the next
+    // message in COPY mode, reports it (ERROR 08P01) and ends the connection (FATAL), so
+    // nothing after the COPY's own error is owed.
+    for behind in [vec![query()], vec![parse(), bind(), execute(), Owed::Sync]] {
+        let mut p = Pending::new();
+        p.sent(query());
+        for o in behind {
+            p.sent(o);
+        }
+        assert_eq!(feed(&mut p, &[msg(b'G', &[0, 0, 0])]), "F");
+        assert_eq!(p.copy(), Copy::None, "the COPY ends at that message");
+        assert_eq!(p.len(), 1, "only the COPY's own answer is owed");
+        assert_eq!(feed(&mut p, &[error()]), "E0");
+    }
+}
