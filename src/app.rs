@@ -63,9 +63,18 @@ pub struct ClientInfo {
     /// KILL / shutdown: the session ends as soon as it notices.
     pub killed: AtomicBool,
     pub kill: tokio::sync::Notify,
+    /// 0, or 1 + the index in `tracker::state::PIN_REASONS` of what keeps it on its server.
+    pub pinned: AtomicU8,
 }
 
 impl ClientInfo {
+    /// Why the client is kept on its server connection (transaction/statement mode).
+    pub fn pinned_reason(&self) -> Option<&'static str> {
+        let i = self.pinned.load(Ordering::Relaxed) as usize;
+        i.checked_sub(1)
+            .and_then(|i| crate::client::tracker::state::PIN_REASONS.get(i).copied())
+    }
+
     pub fn state_label(&self) -> &'static str {
         match self.state.load(Ordering::Relaxed) {
             CLIENT_ACTIVE => "active",
@@ -278,6 +287,7 @@ impl App {
             server,
             killed: AtomicBool::new(false),
             kill: tokio::sync::Notify::new(),
+            pinned: AtomicU8::new(0),
         });
         if let Ok(mut r) = self.registry.lock() {
             r.insert(info.id, info.clone());

@@ -7,7 +7,7 @@
 //! Must not: do I/O or know about pools. Pure functions over strings and maps.
 
 /// How a setting is (re)applied on a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Setting {
     /// A plain value, applied with `set_config(name, value, false)` (startup parameters).
     Value(String),
@@ -18,7 +18,7 @@ pub enum Setting {
 /// Settings by lower-case name, kept sorted in a Vec: sessions hold one or two of these for
 /// their whole life, and a Vec costs only what it holds (a BTreeMap leaf allocates room for
 /// eleven entries), which matters for thousands of idle clients.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Params(Vec<(String, Setting)>);
 
 impl Params {
@@ -243,13 +243,29 @@ fn ident(name: &str) -> String {
     }
 }
 
+fn is_identity(name: &str) -> bool {
+    name == "session_authorization" || name == "role"
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// SQL that turns a server whose settings are `server` into one with `client`'s, or None.
+///
+/// The identity goes back to the login user first (settings that need its rights are then
+/// applied with them), the client's identity is taken last. Run as one simple Query, the
+/// statements form one implicit transaction: they apply wholly or not at all.
 pub fn sync_sql(client: &Params, server: &Params) -> Option<String> {
     if client == server {
         return None;
     }
     let mut sql = String::new();
-    for (k, v) in client.iter() {
+    let server_identity = server.iter().any(|(k, _)| is_identity(k));
+    if server_identity {
+        sql.push_str("RESET ROLE;RESET SESSION AUTHORIZATION;");
+    }
+    for (k, v) in client.iter().filter(|(k, _)| !is_identity(k)) {
         if server.get(k) == Some(v) {
             continue;
         }
@@ -267,20 +283,46 @@ pub fn sync_sql(client: &Params, server: &Params) -> Option<String> {
             }
         }
     }
-    for (k, _) in server.iter() {
+    for (k, _) in server.iter().filter(|(k, _)| !is_identity(k)) {
         if client.get(k).is_none() {
-            match k.as_str() {
-                "session_authorization" => sql.push_str("RESET SESSION AUTHORIZATION;"),
-                "timezone" => sql.push_str("RESET TIME ZONE;"),
-                _ => {
-                    sql.push_str("RESET ");
-                    sql.push_str(&ident(k));
+            if k == "timezone" {
+                sql.push_str("RESET TIME ZONE;");
+            } else {
+                sql.push_str("RESET ");
+                sql.push_str(&ident(k));
+                sql.push(';');
+            }
+        }
+    }
+    let client_identity = client.iter().any(|(k, _)| is_identity(k));
+    if client_identity && (server_identity || client_identity_differs(client, server)) {
+        for key in ["session_authorization", "role"] {
+            match client.get(key) {
+                Some(Setting::Value(v)) if key == "role" => {
+                    sql.push_str("SET ROLE ");
+                    sql.push_str(&quote_ident(v));
                     sql.push(';');
                 }
+                Some(Setting::Value(v)) => {
+                    sql.push_str("SET SESSION AUTHORIZATION ");
+                    sql.push_str(&quote_ident(v));
+                    sql.push(';');
+                }
+                Some(Setting::Sql(stmt)) => {
+                    sql.push_str(stmt);
+                    sql.push(';');
+                }
+                None => {}
             }
         }
     }
     (!sql.is_empty()).then_some(sql)
+}
+
+fn client_identity_differs(client: &Params, server: &Params) -> bool {
+    ["session_authorization", "role"]
+        .iter()
+        .any(|k| client.get(k) != server.get(k))
 }
 
 #[cfg(test)]
@@ -350,6 +392,38 @@ mod tests {
             "SELECT pg_catalog.set_config('application_name', 'it''s', false);RESET work_mem;"
         );
         assert_eq!(sync_sql(&c, &c.clone()), None);
+    }
+
+    #[test]
+    fn identity_is_reset_first_and_taken_last() {
+        // Server: another client's identity and a superuser-only setting.
+        let mut s = Params::default();
+        s.set("session_authorization", Setting::Value("u2".into()));
+        s.set("lo_compat_privileges", Setting::Value("on".into()));
+        // A clean client: back to the login user, then the setting is reset with its rights.
+        assert_eq!(
+            sync_sql(&Params::default(), &s).unwrap(),
+            "RESET ROLE;RESET SESSION AUTHORIZATION;RESET lo_compat_privileges;"
+        );
+        // A client with its own identity and settings: settings first, identity last.
+        let mut c = Params::default();
+        c.set("work_mem", Setting::Value("77".into()));
+        c.set("role", Setting::Value("Reader".into()));
+        c.set("session_authorization", Setting::Value("u\"3".into()));
+        assert_eq!(
+            sync_sql(&c, &s).unwrap(),
+            "RESET ROLE;RESET SESSION AUTHORIZATION;\
+             SELECT pg_catalog.set_config('work_mem', '77', false);\
+             RESET lo_compat_privileges;\
+             SET SESSION AUTHORIZATION \"u\"\"3\";SET ROLE \"Reader\";"
+        );
+        // From a clean server only the client's identity is added.
+        let mut only = Params::default();
+        only.set("role", Setting::Value("r".into()));
+        assert_eq!(
+            sync_sql(&only, &Params::default()).unwrap(),
+            "SET ROLE \"r\";"
+        );
     }
 
     #[test]

@@ -243,6 +243,39 @@ pub fn bind_params(rest: &[u8]) -> Result<Vec<BindParam<'_>>, ProtocolError> {
 }
 
 /// Describe ('D') and Close ('C') share a shape: a kind byte ('S' or 'P') and a name.
+/// PostgreSQL's limit on the declared length of a frontend message of type `tag` after
+/// login: 10,000 bytes for the small control messages, the caller's limit for the others;
+/// None for a type PostgreSQL does not accept (it ends the connection at once, before
+/// reading the message).
+pub fn frontend_limit(tag: u8, large: usize) -> Option<usize> {
+    match tag {
+        b'Q' | b'F' | b'B' | b'P' | b'd' => Some(large),
+        b'C' | b'D' | b'E' | b'H' | b'S' | b'X' | b'c' | b'f' => Some(10_000),
+        _ => None,
+    }
+}
+
+/// Check the header of the next frontend message as soon as its bytes arrive, as
+/// PostgreSQL does: an unknown type or a length over its limit ends the connection without
+/// waiting for the rest.
+pub fn check_frontend_header(buf: &[u8], large: usize) -> Result<(), ProtocolError> {
+    let Some(&tag) = buf.first() else {
+        return Ok(());
+    };
+    let Some(limit) = frontend_limit(tag, large) else {
+        return Err(ProtocolError(format!(
+            "invalid frontend message type {tag}"
+        )));
+    };
+    if let Some(l) = buf.get(1..5) {
+        let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        if len < 4 || len as usize > limit {
+            return Err(ProtocolError("invalid message length".into()));
+        }
+    }
+    Ok(())
+}
+
 /// The row limit of an Execute frame (None when malformed).
 pub fn execute_max_rows(frame: &[u8]) -> Option<i32> {
     let body = frame.get(5..)?;
@@ -482,6 +515,33 @@ pub fn row_description(out: &mut BytesMut, columns: &[&str]) {
 }
 
 /// DataRow with text values (None = NULL).
+/// The columns of a DataRow as text (None for NULL); a malformed row gives what parsed.
+pub fn data_row_texts(frame: &[u8]) -> Vec<Option<String>> {
+    let mut b = body(frame);
+    let mut out = Vec::new();
+    let Some(n) = b.get(..2).map(|x| i16::from_be_bytes([x[0], x[1]])) else {
+        return out;
+    };
+    b = &b[2..];
+    for _ in 0..n.max(0) {
+        let Some(l) = b
+            .get(..4)
+            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+        else {
+            break;
+        };
+        b = &b[4..];
+        if l < 0 {
+            out.push(None);
+            continue;
+        }
+        let Some(v) = b.get(..l as usize) else { break };
+        out.push(Some(String::from_utf8_lossy(v).into_owned()));
+        b = &b[l as usize..];
+    }
+    out
+}
+
 pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
     let s = begin(out, b'D');
     out.put_i16(values.len() as i16);

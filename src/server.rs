@@ -398,6 +398,51 @@ impl ServerConn {
         }
     }
 
+    /// Run a simple query pgvane needs the answer of: its rows (first two columns, as text)
+    /// and its first error. The connection is left idle, or marked broken.
+    pub async fn query_pairs(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<(String, Option<String>)>, Option<ErrorFields>), ServerError> {
+        let mut out = BytesMut::new();
+        protocol::query(&mut out, sql);
+        self.trace.push(b'#');
+        self.trace.sent(&out);
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            self.trace.received(f[0]);
+            match f[0] {
+                b'D' => {
+                    let cols = protocol::data_row_texts(&f);
+                    let mut it = cols.into_iter();
+                    if let (Some(Some(a)), Some(b)) = (it.next(), it.next()) {
+                        rows.push((a, b));
+                    }
+                }
+                b'E' if err.is_none() => err = Some(protocol::parse_error(&f)),
+                b'Z' => {
+                    if f.len() < 6 || f[5] != b'I' {
+                        self.broken = true;
+                    }
+                    return Ok((rows, err));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The user this connection logged in as (its first `session_authorization`).
+    pub fn login_user(&self) -> &str {
+        self.reported
+            .iter()
+            .find(|(k, _)| k == "session_authorization")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+
     /// The server's current WAL position (`pg_current_wal_lsn()`), for read-your-writes.
     pub async fn query_lsn(&mut self) -> Result<Option<u64>, ServerError> {
         let mut out = BytesMut::new();

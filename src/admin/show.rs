@@ -404,6 +404,7 @@ const CONN_COLUMNS: &[&str] = &[
     // pgvane
     "id",
     "backend",
+    "pinned",
 ];
 
 fn held_server(c: &ClientInfo) -> Option<crate::app::CancelTarget> {
@@ -439,6 +440,7 @@ fn clients(app: &App) -> Table {
             v(&c.application_name),
             v(c.id),
             server.map(|s| s.addr),
+            c.pinned_reason().map(|r| r.to_string()),
         ]);
     }
     t
@@ -471,6 +473,7 @@ fn servers(app: &App) -> Table {
             v(&c.application_name),
             v(s.pid),
             v(&s.addr),
+            c.pinned_reason().map(|r| r.to_string()),
         ]);
     }
     for (p, _, _) in sorted_pools(app) {
@@ -498,6 +501,7 @@ fn servers(app: &App) -> Table {
                 None,
                 v(s.pid),
                 v(&backend),
+                None,
             ]);
         }
     }

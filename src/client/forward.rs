@@ -33,6 +33,48 @@ impl Session {
         }
     }
 
+    /// A statement that may change session state is on its way to the server: read the
+    /// server's state before it serves anyone else (the common path skips this).
+    pub(super) fn note_session_change(&mut self, sql: &[u8]) {
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            self.state_dirty = true;
+            return;
+        };
+        if !super::tracker::state::touches_session(sql) {
+            return;
+        }
+        self.state_dirty = true;
+        for name in super::tracker::state::custom_names(sql) {
+            if self.custom_settings.len() < 64 && !self.custom_settings.contains(&name) {
+                self.custom_settings.push(name);
+            }
+        }
+    }
+
+    /// After an autocommit `RESET name`, `RESET ALL` or `DISCARD ALL`: the SQL that puts
+    /// back the client's startup values of what it reset, if it had any.
+    fn startup_after_reset(&self, text: &[u8], set: Option<&SetCmd>) -> Option<String> {
+        if self.ctx.startup.is_empty() || self.pending.tx() != super::tracker::TxStatus::Idle {
+            return None;
+        }
+        let mut wanted = params::Params::default();
+        match set {
+            Some(SetCmd::Reset(name)) => {
+                wanted.set(name, self.ctx.startup.get(name)?.clone());
+            }
+            Some(SetCmd::ResetAll) => wanted = self.ctx.startup.clone(),
+            _ => {
+                let t = std::str::from_utf8(text).ok()?;
+                let t = params::skip_ws_comments(t).trim_end().trim_end_matches(';');
+                if !t.eq_ignore_ascii_case("discard all") {
+                    return None;
+                }
+                wanted = self.ctx.startup.clone();
+            }
+        }
+        params::sync_sql(&wanted, &params::Params::default())
+    }
+
     /// Release synthetic answers that are now next in line.
     pub(super) fn drain_synthetic(&mut self) {
         while let Some(msg) = self.pending.take_synthetic() {
@@ -148,9 +190,18 @@ impl Session {
                     protocol::ready_for_query(&mut self.cout, b'I');
                     return Ok(());
                 }
-                let set = maybe_set(protocol::query_text(&frame)?);
+                let text = protocol::query_text(&frame)?;
+                let set = maybe_set(text);
+                self.note_session_change(text);
+                let restore = self.startup_after_reset(text, set.as_ref());
                 self.sout.extend_from_slice(&frame);
                 self.pending.sent(Owed::Query { set, ok: false });
+                if let Some(sql) = restore {
+                    // PostgreSQL's RESET returns to the value the client logged in with; the
+                    // server's own login value differs: put the client's back, unseen.
+                    protocol::query(&mut self.sout, &sql);
+                    self.pending.sent(Owed::Internal);
+                }
                 Ok(())
             }
             b'S' => {
@@ -270,6 +321,7 @@ impl Session {
             b'P' => {
                 let p = protocol::parse_parse(&frame)?;
                 let set = maybe_set(p.query);
+                self.note_session_change(p.query);
                 if self.routing {
                     let info = self.route_info(p.query, p.param_types);
                     if p.name.is_empty() {
@@ -317,6 +369,9 @@ impl Session {
                 } else {
                     match self.ensure_prepared(b.statement) {
                         Some(def) => {
+                            if def.touches_session {
+                                self.note_session_change(&def.query);
+                            }
                             self.bound_set = maybe_set(&def.query);
                             protocol::bind_msg(&mut self.sout, b.portal, &def.name, b.rest);
                             stmt = Some(def);

@@ -19,6 +19,7 @@ pub mod prepared;
 mod reply;
 mod route;
 mod session;
+mod startup_check;
 pub mod tracker;
 
 /// PostgreSQL's FATAL after a client broke the message stream.
@@ -410,12 +411,29 @@ async fn finish_login(
             .unwrap_or(("08006", "no backend".into()));
         return Err(Reject(code, msg));
     };
+    // PostgreSQL refuses a login whose settings it rejects, and reports the values as it
+    // shows them (`UTF8` for `utf8`), not as typed.
+    let shown = startup_check::check(
+        &pools.shards[0].primary,
+        &db.name,
+        &user.name,
+        &startup_params,
+    )
+    .await
+    .map_err(|(code, msg)| Reject(code, msg))?;
+    let shown_value = |k: &str| {
+        shown
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
     for (k, v) in &reported {
-        let value = match startup_params.get(&k.to_ascii_lowercase()) {
-            Some(params::Setting::Value(v)) => v.as_str(),
-            _ => v.as_str(),
-        };
-        protocol::parameter_status(out, k, value);
+        let value =
+            shown_value(k).unwrap_or_else(|| match startup_params.get(&k.to_ascii_lowercase()) {
+                Some(params::Setting::Value(v)) => v.clone(),
+                _ => v.clone(),
+            });
+        protocol::parameter_status(out, k, &value);
     }
     if !reported.iter().any(|(k, _)| k == "application_name") {
         if let Some(params::Setting::Value(v)) = startup_params.get("application_name") {
@@ -449,6 +467,7 @@ async fn finish_login(
         config: cfg.clone(),
         db: runtime,
         info,
+        pin: cfg.pin_for(&user, &db),
     });
     Ok((Login::Session(ctx), slot))
 }

@@ -32,6 +32,8 @@ pub struct StmtDef {
     /// A server accepted this statement once (ParseComplete): later Parses of the same text
     /// need no server to be answered.
     pub validated: AtomicBool,
+    /// Running it may change session state (see `tracker::state::touches_session`).
+    pub touches_session: bool,
     /// The registry it is entered in, left when the last holder drops it.
     registry: &'static Registry,
 }
@@ -92,6 +94,9 @@ impl Registry {
             query: query.clone(),
             param_types: param_types.clone(),
             validated: AtomicBool::new(false),
+            touches_session: crate::client::tracker::state::touches_session(
+                &String::from_utf8_lossy(&query),
+            ),
             registry: self,
         });
         map.insert(

@@ -225,11 +225,13 @@ impl Session {
         self.server_lost(false)
     }
 
-    /// The client's session state lives on this server: session pooling, or a transaction
-    /// block. Losing the server then ends the client's connection, as it would directly.
+    /// The client's session state lives on this server: session pooling, a transaction
+    /// block, or state that pins the client (a temporary table, an advisory lock, ...). Losing the server then ends the client's connection, as it would directly.
     pub(super) fn server_is_the_session(&self) -> bool {
         self.server.is_some()
-            && (self.ctx.mode == PoolMode::Session || self.pending.tx() != TxStatus::Idle)
+            && (self.ctx.mode == PoolMode::Session
+                || self.pending.tx() != TxStatus::Idle
+                || self.pinned.is_some())
     }
 
     /// A schema change altered a shared statement's result type. The client described the

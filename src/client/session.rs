@@ -46,6 +46,8 @@ pub struct SessionCtx {
     pub config: Arc<crate::config::Config>,
     pub db: Arc<DbRuntime>,
     pub info: Arc<ClientInfo>,
+    /// `pin_session_state` for this user and database.
+    pub pin: bool,
 }
 
 /// How a session ends.
@@ -146,6 +148,22 @@ pub struct Session {
     pub(super) fanned_out: bool,
     /// Room reserved in `max_buffered_bytes` for the large message being read.
     pub(super) input_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Since checkout the client ran something that may have changed its session state:
+    /// read the truth from the server before giving it back.
+    pub(super) state_dirty: bool,
+    /// Custom (`x.y`) settings the client named (`pg_settings` does not list them).
+    pub(super) custom_settings: Vec<String>,
+    /// What keeps this client on its server (transaction/statement mode), if anything.
+    pub(super) pinned: Option<usize>,
+}
+
+/// How bringing a server to the client's settings went.
+enum Applied {
+    Done,
+    /// The server refused (its state is unchanged): do not use it for this client.
+    Refused(protocol::ErrorFields),
+    /// The connection failed.
+    Broken,
 }
 
 /// `PGVANE_STALL_LOG_SECS` (diagnostics, off by default): when set, a session holding a
@@ -227,6 +245,9 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         skip_row_description: false,
         fanned_out: false,
         input_permit: None,
+        state_dirty: false,
+        custom_settings: Vec::new(),
+        pinned: None,
     };
     let end = s.main_loop().await;
     s.finish(end).await;
@@ -251,6 +272,7 @@ impl Session {
                 self.maybe_release().await;
             }
             while !self.must_wait_for_server() {
+                protocol::check_frontend_header(&self.cin, self.max_message)?;
                 let Some(frame) = protocol::split_frame(&mut self.cin, self.max_message)? else {
                     break;
                 };
@@ -528,6 +550,7 @@ impl Session {
             .info
             .state
             .store(CLIENT_WAITING, std::sync::atomic::Ordering::Relaxed);
+        let mut refused = 0;
         let conn = loop {
             let pool = self.pool_for(target.as_ref());
             let got = watched("pool.get", Box::pin(pool.get())).await;
@@ -537,10 +560,27 @@ impl Session {
                 .store(CLIENT_IDLE, std::sync::atomic::Ordering::Relaxed);
             let failure = match got {
                 Ok(mut c) => {
-                    if watched("apply_settings", Box::pin(self.apply_settings(&mut c))).await {
-                        break c;
+                    match watched("apply_settings", Box::pin(self.apply_settings(&mut c))).await {
+                        Applied::Done => break c,
+                        Applied::Refused(e) => {
+                            // Never run the client's statement on a server whose state
+                            // differs from the client's: close it and try another, once.
+                            drop(c);
+                            refused += 1;
+                            if refused < 2 {
+                                continue;
+                            }
+                            self.client_error(
+                                &e.code,
+                                &format!(
+                                    "could not restore this session's state on a server connection: {}",
+                                    e.message
+                                ),
+                            );
+                            return Ok(false);
+                        }
+                        Applied::Broken => {}
                     }
-                    drop(c);
                     (
                         "08006",
                         "server connection failed while applying session settings".to_string(),
@@ -617,16 +657,13 @@ impl Session {
         Ok(true)
     }
 
-    /// Bring a checked-out server's settings in line with the client's. False: the server
-    /// failed meanwhile (it is broken and must be dropped).
-    async fn apply_settings(&self, conn: &mut PooledConn) -> bool {
+    /// Bring a checked-out server's settings in line with the client's, as one implicit
+    /// transaction (it applies wholly or not at all).
+    async fn apply_settings(&self, conn: &mut PooledConn) -> Applied {
         let Some(sql) = params::sync_sql(&self.effective, &conn.params) else {
-            return true;
+            return Applied::Done;
         };
         let history = stall_after().map(|_| conn.trace.text());
-        if let Some(h) = &history {
-            tracing::debug!(trace = %h, "applying settings");
-        }
         let r = match (history, stall_after()) {
             (Some(h), Some(at)) => {
                 let f = conn.run_internal(&sql);
@@ -642,18 +679,60 @@ impl Session {
             _ => conn.run_internal(&sql).await,
         };
         match r {
-            Ok(None) if !conn.broken => conn.params = self.effective.clone(),
+            Ok(None) if !conn.broken => {
+                conn.params = self.effective.clone();
+                Applied::Done
+            }
             Ok(Some(err)) if !conn.broken => {
                 static SETTINGS: crate::logging::RateLimit =
                     crate::logging::RateLimit::per_second(5);
                 if let Some(suppressed) = SETTINGS.check() {
-                    tracing::warn!(code = %err.code, msg = %crate::logging::bounded(&err.message, 200), suppressed, "applying client settings failed");
+                    tracing::warn!(code = %err.code, msg = %crate::logging::bounded(&err.message, 200), suppressed, "applying client settings failed; server not used for this client");
                 }
-                conn.params = self.effective.clone();
+                Applied::Refused(err)
             }
-            _ => return false,
+            _ => Applied::Broken,
         }
-        true
+    }
+
+    /// Read the held server's session state after the client may have changed it: it is
+    /// the client's state now. Decides whether the client is pinned to the server.
+    async fn capture_state(&mut self) {
+        let sql = super::tracker::state::capture_sql(&self.custom_settings);
+        let Some(conn) = self.server.as_mut() else {
+            return;
+        };
+        let login = conn.login_user().to_string();
+        match watched("capture", conn.query_pairs(&sql)).await {
+            Ok((rows, None)) if !conn.broken => {
+                let c = super::tracker::state::parse_capture(&rows, &login);
+                conn.params = c.params.clone();
+                self.session_params = c.params;
+                self.effective = self.ctx.startup.overlay(&self.session_params);
+                let pin = c.pins.first().copied();
+                if self.ctx.pin {
+                    self.pinned = pin;
+                } else if c.pins.contains(&1) {
+                    // PgBouncer's behaviour asked for: the lock must not pass to others.
+                    if !matches!(
+                        conn.run_internal("SELECT pg_catalog.pg_advisory_unlock_all()")
+                            .await,
+                        Ok(None)
+                    ) {
+                        conn.broken = true;
+                    }
+                }
+                self.ctx.info.pinned.store(
+                    self.pinned.map_or(0, |i| i as u8 + 1),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            _ => {
+                // State unknown: the server must not serve anyone else.
+                conn.broken = true;
+                self.drop_server();
+            }
+        }
     }
 
     /// Give the server back when the pool mode allows it.
@@ -662,6 +741,16 @@ impl Session {
             return;
         }
         if self.server.is_none() {
+            return;
+        }
+        if std::mem::take(&mut self.state_dirty) {
+            self.flush_client().await.ok();
+            Box::pin(self.capture_state()).await;
+            if self.server.is_none() {
+                return;
+            }
+        }
+        if self.pinned.is_some() {
             return;
         }
         if self.tx_wrote {
@@ -719,6 +808,12 @@ impl Session {
             self.clear_cancel();
             drop(conn);
         }
+        // What pinned the client was on that server and is gone with it.
+        self.pinned = None;
+        self.ctx
+            .info
+            .pinned
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.held = None;
         self.pending = Pending::new();
     }
@@ -773,8 +868,13 @@ impl Session {
             self.clear_cancel();
             let clean = self.pending.reusable() && !conn.broken;
             if clean {
-                let reset = self.ctx.config.general.server_reset_query.clone();
-                if self.ctx.mode == PoolMode::Session && !reset.is_empty() {
+                let mut reset = self.ctx.config.general.server_reset_query.clone();
+                if self.pinned.is_some() || self.state_dirty {
+                    // What pinned the client (temporary tables, advisory locks, cursors,
+                    // prepared statements, LISTEN) goes with it.
+                    reset = "DISCARD ALL".into();
+                }
+                if self.ctx.mode == PoolMode::Session || self.pinned.is_some() || self.state_dirty {
                     tokio::spawn(async move {
                         if let Ok(None) = conn.run_internal(&reset).await {
                             let pool = conn.pool.clone();

@@ -200,6 +200,11 @@ pub struct General {
     /// Empty string = send an empty query.
     pub server_check_query: String,
     pub max_prepared_statements: usize,
+    /// Transaction/statement mode: keep a client on its server while it holds state that
+    /// cannot move (temporary tables, session advisory locks, WITH HOLD cursors, SQL
+    /// PREPARE, LISTEN). False: PgBouncer's behaviour (such state is lost or seen by
+    /// others; advisory locks are released when the server is handed on).
+    pub pin_session_state: bool,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     /// 0 = one worker per CPU core.
@@ -241,6 +246,7 @@ impl Default for General {
             server_check_delay: Duration::from_secs(30),
             server_check_query: "SELECT 1".to_string(),
             max_prepared_statements: 200,
+            pin_session_state: true,
             shutdown_timeout: Duration::from_secs(30),
             workers: 0,
             max_message_size: 256 * 1024 * 1024,
@@ -273,6 +279,8 @@ pub struct User {
     pub pool_size: Option<usize>,
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    #[serde(default)]
+    pub pin_session_state: Option<bool>,
 }
 
 /// What kind of secret a [`User::password`] holds.
@@ -320,6 +328,8 @@ pub struct Database {
     pub pool_size: Option<usize>,
     #[serde(default)]
     pub pool_mode: Option<PoolMode>,
+    #[serde(default)]
+    pub pin_session_state: Option<bool>,
     #[serde(default)]
     pub shards: Vec<Shard>,
     #[serde(default)]
@@ -466,6 +476,13 @@ impl Config {
         user.pool_mode
             .or(db.pool_mode)
             .unwrap_or(self.general.pool_mode)
+    }
+
+    /// Whether session state pins a client to its server: user > database > general.
+    pub fn pin_for(&self, user: &User, db: &Database) -> bool {
+        user.pin_session_state
+            .or(db.pin_session_state)
+            .unwrap_or(self.general.pin_session_state)
     }
 
     /// Effective pool size: user override > database override > `general.default_pool_size`.

@@ -119,6 +119,7 @@ fn example_file_is_valid_and_complete() {
         "server_check_delay",
         "server_check_query",
         "max_prepared_statements",
+        "pin_session_state",
         "shutdown_timeout",
         "workers",
         "max_message_size",
@@ -579,11 +580,13 @@ fn programmatic_config() {
             server_password: None,
             pool_size: None,
             pool_mode: None,
+            pin_session_state: None,
         }],
         databases: vec![Database {
             name: "d".into(),
             pool_size: None,
             pool_mode: None,
+            pin_session_state: None,
             shards: vec![Shard {
                 primary: Backend {
                     host: "::1".into(),

@@ -173,6 +173,24 @@ impl Wire {
         w
     }
 
+    /// Connect with these startup parameters (trust authentication) and return what the
+    /// login answered, up to its ReadyForQuery or error.
+    pub fn login_with(port: u16, params: &[(&str, &str)]) -> (Wire, Vec<Msg>) {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_nodelay(true).ok();
+        let mut w = Wire { s, buf: Vec::new() };
+        w.send(&startup(params));
+        let mut msgs = Vec::new();
+        while let Some(m) = w.recv(Duration::from_secs(10)) {
+            let end = matches!(m.tag, b'Z' | b'E');
+            msgs.push(m);
+            if end {
+                break;
+            }
+        }
+        (w, msgs)
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).expect("write");
     }

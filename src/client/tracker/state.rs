@@ -1,0 +1,362 @@
+//! Session state as PostgreSQL holds it, read from the server rather than guessed from SQL.
+//!
+//! Owns: the cheap text scan that says when a statement may have changed session state or
+//! created something that ties the client to its server (the common path — statements
+//! without these words — costs nothing), the capture query that reads a server's session
+//! state after such a statement (settings with source `session` exactly as `pg_settings`
+//! reports them, the session user and role, custom `x.y` settings the client named, and what
+//! pins the session: temporary tables, session advisory locks, WITH HOLD cursors, SQL
+//! PREPARE, LISTEN), and parsing its rows into [`Params`].
+//!
+//! Must not: do I/O. The transition SQL between two states is [`crate::params::sync_sql`].
+
+use crate::params::{Params, Setting};
+use crate::protocol::quote_literal;
+
+/// Keys of the identity in [`Params`] (not settings in `pg_settings`).
+pub const SESSION_USER: &str = "session_authorization";
+pub const ROLE: &str = "role";
+
+/// What keeps a client on its server connection.
+pub const PIN_REASONS: [&str; 5] = [
+    "temporary table",
+    "advisory lock",
+    "cursor WITH HOLD",
+    "prepared statement (SQL PREPARE)",
+    "LISTEN",
+];
+
+/// The capture query: rows of (name, value).
+pub fn capture_sql(custom: &[String]) -> String {
+    let mut s = String::from(
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+         UNION ALL SELECT '~user', session_user::text \
+         UNION ALL SELECT '~role', pg_catalog.current_setting('role') \
+         UNION ALL SELECT '~pins', pg_catalog.concat_ws(',', \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN '0' END, \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) THEN '1' END, \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) THEN '2' END, \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN '3' END, \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_listening_channels()) THEN '4' END)",
+    );
+    for c in custom {
+        s.push_str(" UNION ALL SELECT ");
+        s.push_str(&quote_literal(c));
+        s.push_str(", pg_catalog.current_setting(");
+        s.push_str(&quote_literal(c));
+        s.push_str(", true)");
+    }
+    s
+}
+
+/// A server's session state, read by [`capture_sql`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Captured {
+    pub params: Params,
+    /// Indexes into [`PIN_REASONS`].
+    pub pins: Vec<usize>,
+}
+
+impl Captured {
+    pub fn pin_reason(&self) -> Option<&'static str> {
+        self.pins.first().and_then(|i| PIN_REASONS.get(*i).copied())
+    }
+}
+
+/// Parse the capture rows; `login_user` is the user the server connection logged in as.
+pub fn parse_capture(rows: &[(String, Option<String>)], login_user: &str) -> Captured {
+    let mut c = Captured::default();
+    for (name, value) in rows {
+        let Some(v) = value else { continue };
+        match name.as_str() {
+            "~user" => {
+                if v != login_user {
+                    c.params.set(SESSION_USER, Setting::Value(v.clone()));
+                }
+            }
+            "~role" => {
+                if v != "none" {
+                    c.params.set(ROLE, Setting::Value(v.clone()));
+                }
+            }
+            "~pins" => {
+                c.pins = v
+                    .split(',')
+                    .filter_map(|p| p.parse::<usize>().ok())
+                    .filter(|i| *i < PIN_REASONS.len())
+                    .collect();
+            }
+            // A custom setting that no longer exists (or was never set here).
+            _ if v.is_empty() && name.contains('.') => {}
+            _ => c.params.set(name, Setting::Value(v.clone())),
+        }
+    }
+    c
+}
+
+/// Lower-case words (dotted names stay whole) of `sql` outside string literals, quoted
+/// identifiers and comments, with `;` as its own word (statement boundaries).
+fn words(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' {
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'"' {
+            i += 1;
+            while i < b.len() && b[i] != b'"' {
+                i += 1;
+            }
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i += 2;
+            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                i += 1;
+            }
+            i += 2;
+        } else if c == b';' {
+            out.push(";".to_string());
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'$' | b'.'))
+            {
+                i += 1;
+            }
+            out.push(sql[start..i].to_ascii_lowercase());
+        } else if c == b'$' {
+            // Dollar quoting: $tag$ ... $tag$ (a DO body is scanned by its DO word anyway).
+            let end = sql[i + 1..].find('$').map(|e| i + 1 + e);
+            match end {
+                Some(e)
+                    if sql[i + 1..e]
+                        .bytes()
+                        .all(|x| x.is_ascii_alphanumeric() || x == b'_') =>
+                {
+                    let tag = &sql[i..=e];
+                    match sql[e + 1..].find(tag) {
+                        Some(close) => {
+                            // Keep function names used inside the body visible.
+                            out.extend(words(&sql[e + 1..e + 1 + close]));
+                            i = e + 1 + close + tag.len();
+                        }
+                        None => i = b.len(),
+                    }
+                }
+                _ => i += 1,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// First words of a statement that may change session state or pin the session.
+const STATEMENT_WORDS: &[&str] = &[
+    "set",
+    "reset",
+    "discard",
+    "do",
+    "call",
+    "load",
+    "prepare",
+    "deallocate",
+    "listen",
+    "unlisten",
+    "declare",
+    "close",
+    "drop",
+];
+
+/// Function names, anywhere, that change session state.
+const FUNCTION_WORDS: &[&str] = &[
+    "set_config",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
+/// Could this statement text change the session's state (settings, identity) or what pins
+/// it? False for plain SELECT/INSERT/UPDATE/DELETE and friends: the common path.
+pub fn touches_session(sql: &str) -> bool {
+    let w = words(sql);
+    let mut at_start = true;
+    for (i, word) in w.iter().enumerate() {
+        if word == ";" {
+            at_start = true;
+            continue;
+        }
+        if at_start {
+            if STATEMENT_WORDS.contains(&word.as_str()) {
+                return true;
+            }
+            if word == "create" {
+                let next: Vec<&str> = w[i + 1..].iter().take(3).map(|s| s.as_str()).collect();
+                if next.iter().any(|n| *n == "temp" || *n == "temporary") {
+                    return true;
+                }
+            }
+            at_start = false;
+        }
+        let bare = word.rsplit('.').next().unwrap_or(word);
+        if FUNCTION_WORDS.contains(&bare) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Custom (`prefix.name`) settings a statement names in `SET x.y` or `set_config('x.y', ...)`:
+/// `pg_settings` does not list them, so the capture asks for them by name.
+pub fn custom_names(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let lower = sql.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("set_config") {
+        rest = &rest[i + "set_config".len()..];
+        let t = rest.trim_start();
+        if let Some(t) = t.strip_prefix('(') {
+            let t = t.trim_start();
+            if let Some(t) = t.strip_prefix('\'') {
+                if let Some(end) = t.find('\'') {
+                    let name = &t[..end];
+                    if name.contains('.') && !out.iter().any(|n| n == name) {
+                        out.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let w = words(sql);
+    let mut at_start = true;
+    for (i, word) in w.iter().enumerate() {
+        if word == ";" {
+            at_start = true;
+            continue;
+        }
+        if at_start && (word == "set" || word == "reset") {
+            let mut j = i + 1;
+            if w.get(j).is_some_and(|n| n == "session" || n == "local") {
+                j += 1;
+            }
+            if let Some(name) = w.get(j).filter(|n| n.contains('.')) {
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        }
+        at_start = false;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_path_is_not_flagged() {
+        for sql in [
+            "SELECT 1",
+            "select * from t where a = 'set work_mem = 1'",
+            "UPDATE t SET a = 1 WHERE b = 2",
+            "INSERT INTO t VALUES (1) ON CONFLICT (a) DO UPDATE SET b = 2",
+            "BEGIN",
+            "COMMIT",
+            "ALTER TABLE t ALTER COLUMN b SET DEFAULT 1",
+            "SELECT \"set\" FROM t",
+            "-- set x = 1\nSELECT 1",
+        ] {
+            assert!(!touches_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn state_changes_and_pins_are_flagged() {
+        for sql in [
+            "SET work_mem = '1MB'",
+            "  /* c */ set search_path = pg_catalog, public; SELECT 1",
+            "SELECT 1; SET search_path = x",
+            "SELECT set_config('search_path', 'x', false)",
+            "WITH s AS (SELECT pg_catalog.set_config('a.b', '1', false)) SELECT * FROM s",
+            "DO $$ BEGIN PERFORM set_config('a.b', '1', false); END $$",
+            "RESET ALL",
+            "DISCARD ALL",
+            "SET SESSION AUTHORIZATION u2",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "CREATE TEMP TABLE x (a int)",
+            "create local temporary table x (a int)",
+            "SELECT pg_advisory_lock(1)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE p AS SELECT 1",
+            "LISTEN chan",
+            "DROP TABLE x",
+        ] {
+            assert!(touches_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn custom_settings_are_named() {
+        assert_eq!(
+            custom_names("SELECT set_config('app.user', '7', false)"),
+            vec!["app.user".to_string()]
+        );
+        assert_eq!(custom_names("SET app.tenant = 'x'"), vec!["app.tenant"]);
+        assert_eq!(custom_names("SET SESSION myapp.a TO 1"), vec!["myapp.a"]);
+        assert!(custom_names("SET work_mem = 1").is_empty());
+    }
+
+    #[test]
+    fn capture_rows_become_params_and_pins() {
+        let rows = vec![
+            ("work_mem".to_string(), Some("77".to_string())),
+            ("DateStyle".to_string(), Some("ISO, YMD".to_string())),
+            ("~user".to_string(), Some("u2".to_string())),
+            ("~role".to_string(), Some("none".to_string())),
+            ("~pins".to_string(), Some("1,3".to_string())),
+            ("app.x".to_string(), Some("".to_string())),
+            ("app.y".to_string(), Some("5".to_string())),
+        ];
+        let c = parse_capture(&rows, "app");
+        assert_eq!(c.params.get("work_mem"), Some(&Setting::Value("77".into())));
+        assert_eq!(
+            c.params.get("datestyle"),
+            Some(&Setting::Value("ISO, YMD".into()))
+        );
+        assert_eq!(
+            c.params.get(SESSION_USER),
+            Some(&Setting::Value("u2".into()))
+        );
+        assert_eq!(c.params.get(ROLE), None);
+        assert_eq!(c.params.get("app.x"), None);
+        assert_eq!(c.params.get("app.y"), Some(&Setting::Value("5".into())));
+        assert_eq!(c.pin_reason(), Some("advisory lock"));
+        let clean = parse_capture(&[("~user".into(), Some("app".into()))], "app");
+        assert!(clean.params.is_empty());
+        assert!(clean.pins.is_empty());
+    }
+}

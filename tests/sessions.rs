@@ -1,0 +1,459 @@
+//! Transparent sessions in transaction pooling: no client ever sees another client's session
+//! state, and each client keeps exactly its own, with PostgreSQL's semantics. Pool of one
+//! server connection unless said, so that clients surely share it; every check compares with
+//! what a fresh direct connection to PostgreSQL sees.
+
+mod common;
+
+use common::*;
+
+fn config(listen: u16, pg_port: u16, pool: usize, extra: &str) -> String {
+    let mode = if extra.contains("pool_mode") {
+        ""
+    } else {
+        "pool_mode = \"transaction\""
+    };
+    format!(
+        r#"
+[general]
+listen_addr = "127.0.0.1:{listen}"
+{mode}
+default_pool_size = {pool}
+query_wait_timeout = "5s"
+{extra}
+
+[[users]]
+name = "app"
+password = "app-secret"
+
+[[databases]]
+name = "app"
+  [[databases.shards]]
+  primary = {{ host = "127.0.0.1", port = {pg_port}, dbname = "app" }}
+"#
+    )
+}
+
+fn start(pool: usize, extra: &str) -> Pgvane {
+    let pg = shared();
+    Pgvane::start(&config(free_port(), pg.port(), pool, extra))
+}
+
+async fn through(p: &Pgvane) -> tokio_postgres::Client {
+    through_with(p, "").await
+}
+
+async fn through_with(p: &Pgvane, opts: &str) -> tokio_postgres::Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=app {opts}",
+        p.port()
+    ))
+    .await
+}
+
+async fn direct() -> tokio_postgres::Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=app",
+        shared().port()
+    ))
+    .await
+}
+
+/// One row of text columns.
+async fn row(c: &tokio_postgres::Client, sql: &str) -> Vec<Option<String>> {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for m in msgs {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect();
+        }
+    }
+    panic!("{sql}: no row")
+}
+
+const LOOK: &str = "SELECT current_user, session_user, current_setting('work_mem'), \
+     current_setting('lo_compat_privileges'), current_setting('search_path'), \
+     current_setting('default_transaction_read_only'), current_setting('DateStyle'), \
+     current_setting('app.tenant', true), current_setting('statement_timeout')";
+
+/// What a fresh direct connection sees.
+async fn fresh() -> Vec<Option<String>> {
+    row(&direct().await, LOOK).await
+}
+
+fn ensure_role(name: &str) {
+    shared().psql(
+        "postgres",
+        &format!(
+            "DO $$ BEGIN CREATE ROLE {name}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ),
+    );
+}
+
+#[tokio::test]
+async fn identity_and_settings_never_reach_the_next_client() {
+    ensure_role("sess_u2");
+    let p = start(1, "");
+    let a = through(&p).await;
+    a.batch_execute("SET work_mem = '77kB'").await.unwrap();
+    a.batch_execute("SET lo_compat_privileges = on")
+        .await
+        .unwrap();
+    a.batch_execute("SET SESSION AUTHORIZATION sess_u2")
+        .await
+        .unwrap();
+    let b = through(&p).await;
+    assert_eq!(row(&b, LOOK).await, fresh().await, "B sees a fresh session");
+    let mine = row(&a, LOOK).await;
+    assert_eq!(mine[0].as_deref(), Some("sess_u2"));
+    assert_eq!(mine[1].as_deref(), Some("sess_u2"));
+    assert_eq!(mine[2].as_deref(), Some("77kB"));
+    assert_eq!(mine[3].as_deref(), Some("on"));
+    // And back: B still fresh after A ran again.
+    assert_eq!(row(&b, LOOK).await, fresh().await);
+}
+
+#[tokio::test]
+async fn a_dropped_identity_is_never_replaced_by_the_login_user() {
+    ensure_role("sess_u3");
+    let p = start(1, "");
+    let a = through(&p).await;
+    a.batch_execute("SET SESSION AUTHORIZATION sess_u3")
+        .await
+        .unwrap();
+    let b = through(&p).await;
+    row(&b, "SELECT 1").await; // the server now has B's state
+    shared().psql("postgres", "DROP ROLE sess_u3");
+    match a.simple_query("SELECT current_user").await {
+        Ok(m) => {
+            let who = m.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            });
+            assert_eq!(
+                who.as_deref(),
+                Some("sess_u3"),
+                "A must never run as anyone else"
+            );
+        }
+        Err(e) => {
+            let code = e.code().map(|c| c.code().to_string());
+            assert!(code.is_some(), "a clear SQL error, got {e}");
+        }
+    }
+    assert_eq!(row(&b, LOOK).await, fresh().await);
+}
+
+#[tokio::test]
+async fn settings_rolled_back_with_their_transaction_are_not_kept() {
+    ensure_role("sess_r1");
+    let p = start(1, "");
+    let a = through(&p).await;
+    let b = through(&p).await;
+    let before = row(&a, LOOK).await;
+    a.batch_execute("BEGIN; SET work_mem = '1MB'; SET ROLE sess_r1; ROLLBACK")
+        .await
+        .unwrap();
+    row(&b, "SELECT 1").await;
+    assert_eq!(row(&a, LOOK).await, before, "ROLLBACK undid the SETs");
+    // ROLLBACK TO SAVEPOINT too.
+    a.batch_execute(
+        "BEGIN; SET statement_timeout = '7s'; SAVEPOINT s; SET statement_timeout = '9s'; ROLLBACK TO SAVEPOINT s; COMMIT",
+    )
+    .await
+    .unwrap();
+    row(&b, "SELECT 1").await;
+    assert_eq!(row(&a, LOOK).await[8].as_deref(), Some("7s"));
+    assert_eq!(row(&b, LOOK).await, fresh().await);
+}
+
+#[tokio::test]
+async fn state_changed_in_ways_sql_text_does_not_show_is_read_from_the_server() {
+    let p = start(1, "");
+    let a = through(&p).await;
+    let b = through(&p).await;
+    // A custom setting, once defined on a backend, cannot be removed from it: a later client
+    // of that backend reads '' where a fresh connection reads NULL (PostgreSQL itself gives
+    // '' after SET then RESET). Never the other client's value.
+    let without_custom = |mut v: Vec<Option<String>>| {
+        let custom = v.remove(7);
+        assert!(matches!(custom.as_deref(), None | Some("")), "{custom:?}");
+        v
+    };
+    for sql in [
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "SET search_path = pg_catalog, public; SELECT 1",
+        "SELECT set_config('work_mem', '3MB', false)",
+        "WITH s AS (SELECT set_config('app.tenant', 'acme', false)) SELECT * FROM s",
+        "DO $$ BEGIN PERFORM set_config('statement_timeout', '11s', false); END $$",
+    ] {
+        a.batch_execute(sql).await.unwrap();
+        assert_eq!(
+            without_custom(row(&b, LOOK).await),
+            without_custom(fresh().await),
+            "after A ran {sql}"
+        );
+        // B can write: A's read-only default did not reach it.
+        b.batch_execute("CREATE TABLE IF NOT EXISTS sess_rw (a int); DROP TABLE sess_rw")
+            .await
+            .unwrap();
+    }
+    let mine = row(&a, LOOK).await;
+    assert_eq!(mine[2].as_deref(), Some("3MB"));
+    assert_eq!(mine[4].as_deref(), Some("pg_catalog, public"));
+    assert_eq!(mine[5].as_deref(), Some("on"));
+    assert_eq!(mine[7].as_deref(), Some("acme"));
+    assert_eq!(mine[8].as_deref(), Some("11s"));
+    // Custom settings via SET too.
+    a.batch_execute("SET app.tenant = 'globex'").await.unwrap();
+    row(&b, "SELECT 1").await;
+    assert_eq!(row(&a, LOOK).await[7].as_deref(), Some("globex"));
+    without_custom(row(&b, LOOK).await);
+}
+
+#[tokio::test]
+async fn a_partial_datestyle_follows_as_its_resulting_value() {
+    let p = start(1, "");
+    let a = through_with(&p, "options='-c DateStyle=Postgres,MDY'").await;
+    let b = through(&p).await;
+    a.batch_execute("SET datestyle TO iso; SET datestyle TO ymd")
+        .await
+        .unwrap();
+    row(&b, "SELECT 1").await;
+    assert_eq!(
+        row(&a, "SELECT date '1999-01-08'::text").await[0].as_deref(),
+        Some("1999-01-08")
+    );
+}
+
+#[tokio::test]
+async fn reset_returns_to_the_clients_startup_value() {
+    let p = start(1, "");
+    let a = through_with(&p, "options='-c TimeZone=America/Los_Angeles'").await;
+    let b = through(&p).await;
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    row(&b, "SELECT 1").await;
+    a.batch_execute("RESET ALL").await.unwrap();
+    row(&b, "SELECT 1").await;
+    assert_eq!(
+        row(&a, "SHOW TimeZone").await[0].as_deref(),
+        Some("America/Los_Angeles")
+    );
+    assert_eq!(
+        row(&b, "SHOW TimeZone").await,
+        row(&direct().await, "SHOW TimeZone").await
+    );
+}
+
+#[tokio::test]
+async fn reset_returns_to_the_startup_value_at_once_in_session_mode_too() {
+    for mode in ["session", "transaction"] {
+        let p = start(1, &format!("pool_mode = \"{mode}\""));
+        let a = through_with(
+            &p,
+            "options='-c TimeZone=America/Los_Angeles -c DateStyle=SQL,DMY'",
+        )
+        .await;
+        a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'ISO'")
+            .await
+            .unwrap();
+        a.batch_execute("RESET ALL").await.unwrap();
+        assert_eq!(
+            row(
+                &a,
+                "SELECT current_setting('TimeZone'), current_setting('DateStyle')"
+            )
+            .await,
+            [Some("America/Los_Angeles".into()), Some("SQL, DMY".into())],
+            "{mode} mode, after RESET ALL"
+        );
+        a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+            .await
+            .unwrap();
+        a.batch_execute("RESET TimeZone").await.unwrap();
+        assert_eq!(
+            row(&a, "SHOW TimeZone").await[0].as_deref(),
+            Some("America/Los_Angeles"),
+            "{mode} mode, after RESET TimeZone"
+        );
+    }
+}
+
+#[tokio::test]
+async fn startup_settings_the_server_rejects_end_the_login_like_postgres() {
+    let p = start(1, "");
+    for (opts, code) in [
+        ("-c no_such_setting=1", "42704"),
+        ("-c lock_timeout=", "22023"),
+        ("-c work_mem=lots", "22023"),
+    ] {
+        let connstr = |port: u16| {
+            format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=app options='{opts}'")
+        };
+        let want = try_connect(&connstr(shared().port()))
+            .await
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_string()));
+        assert_eq!(want.as_deref(), Some(code), "PostgreSQL refuses {opts}");
+        let got = try_connect(&connstr(p.port()))
+            .await
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_string()));
+        assert_eq!(
+            got.as_deref(),
+            Some(code),
+            "pgvane refuses {opts} the same way"
+        );
+    }
+    // The previous client's settings never become a refused client's.
+    let ok = through_with(&p, "options='-c work_mem=5MB'").await;
+    assert_eq!(row(&ok, "SHOW work_mem").await[0].as_deref(), Some("5MB"));
+}
+
+/// ParameterStatus values of a login, by name.
+fn reported(port: u16, params: &[(&str, &str)]) -> Vec<(String, String)> {
+    let (_w, msgs) = common::wire::Wire::login_with(port, params);
+    assert!(msgs.iter().any(|m| m.tag == b'Z'), "login failed: {msgs:?}");
+    msgs.iter()
+        .filter(|m| m.tag == b'S')
+        .map(|m| {
+            let mut parts = m.body.split(|b| *b == 0);
+            let k = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            (k, v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn parameter_status_carries_postgres_values_not_what_the_client_typed() {
+    let pg = shared();
+    let p = Pgvane::start(&format!(
+        "{}\n[[users]]\nname = \"trustuser\"\n",
+        config(free_port(), pg.port(), 1, "auth_type = \"trust\"")
+    ));
+    let params = [
+        ("user", "trustuser"),
+        ("database", "app"),
+        ("client_encoding", "utf8"),
+        ("DateStyle", "iso, dmy"),
+        ("TimeZone", "europe/rome"),
+    ];
+    let direct = reported(pg.port(), &params);
+    let through = reported(p.port(), &params);
+    for key in ["client_encoding", "DateStyle", "TimeZone"] {
+        let d = direct
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone());
+        let t = through
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone());
+        assert!(d.is_some(), "PostgreSQL reports {key}");
+        assert_eq!(t, d, "{key}");
+    }
+}
+
+/// SHOW CLIENTS' `pinned` column once it equals `want` (pgvane reads the server's state
+/// after answering the client, so the admin console may see it a moment later).
+async fn wait_pinned(p: &Pgvane, want: &[&str]) {
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        got = pinned_reasons(p).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("pinned: {got:?}, expected {want:?}");
+}
+
+async fn pinned_reasons(p: &Pgvane) -> Vec<String> {
+    let admin = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=pgvane",
+        p.port()
+    ))
+    .await;
+    let mut out = Vec::new();
+    for m in admin.simple_query("SHOW CLIENTS").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if let Some(Some(v)) = r
+                .columns()
+                .iter()
+                .position(|c| c.name() == "pinned")
+                .map(|i| r.get(i))
+            {
+                out.push(v.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_session_advisory_lock_pins_and_is_released_when_its_client_leaves() {
+    let p = start(2, "admin_users = [\"app\"]");
+    let a = through(&p).await;
+    row(&a, "SELECT pg_advisory_lock(4242)").await;
+    wait_pinned(&p, &["advisory lock"]).await;
+    // Unlock: no longer pinned.
+    row(&a, "SELECT pg_advisory_unlock(4242)").await;
+    wait_pinned(&p, &[]).await;
+    // Lock again and leave without unlocking: the lock goes with the client.
+    row(&a, "SELECT pg_advisory_lock(4242)").await;
+    drop(a);
+    let b = through(&p).await;
+    let mut got = false;
+    for _ in 0..50 {
+        if row(&b, "SELECT pg_try_advisory_lock(4242)::text").await[0].as_deref() == Some("true") {
+            got = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(got, "the departed client's lock was released");
+    row(&b, "SELECT pg_advisory_unlock_all()").await;
+}
+
+#[tokio::test]
+async fn a_temporary_table_pins_its_client_until_dropped() {
+    let p = start(2, "admin_users = [\"app\"]");
+    let a = through(&p).await;
+    let others: Vec<_> = futures_util::future::join_all((0..3).map(|_| through(&p))).await;
+    a.batch_execute("CREATE TEMP TABLE sess_tmp (a int); INSERT INTO sess_tmp VALUES (1), (2)")
+        .await
+        .unwrap();
+    wait_pinned(&p, &["temporary table"]).await;
+    for round in 0..5 {
+        for o in &others {
+            row(o, "SELECT 1").await;
+        }
+        assert_eq!(
+            row(&a, "SELECT count(*) FROM sess_tmp").await[0].as_deref(),
+            Some("2"),
+            "round {round}"
+        );
+    }
+    a.batch_execute("DROP TABLE sess_tmp").await.unwrap();
+    wait_pinned(&p, &[]).await;
+}
+
+#[tokio::test]
+async fn pinning_off_behaves_like_pgbouncer_but_never_leaks_a_lock() {
+    let p = start(1, "pin_session_state = false\nadmin_users = [\"app\"]");
+    let a = through(&p).await;
+    let b = through(&p).await;
+    row(&a, "SELECT pg_advisory_lock(4343)").await;
+    wait_pinned(&p, &[]).await;
+    assert_eq!(
+        row(&b, "SELECT pg_try_advisory_lock(4343)::text").await[0].as_deref(),
+        Some("true"),
+        "the lock was released when A's server was handed on"
+    );
+    row(&b, "SELECT pg_advisory_unlock_all()").await;
+}
