@@ -457,3 +457,29 @@ async fn pinning_off_behaves_like_pgbouncer_but_never_leaks_a_lock() {
     );
     row(&b, "SELECT pg_advisory_unlock_all()").await;
 }
+
+#[tokio::test]
+async fn a_pinned_client_whose_backend_dies_is_disconnected_like_postgres() {
+    let p = start(2, "admin_users = [\"app\"]");
+    let a = through(&p).await;
+    a.batch_execute("CREATE TEMP TABLE sess_gone (a int)")
+        .await
+        .unwrap();
+    wait_pinned(&p, &["temporary table"]).await;
+    let pid = row(&a, "SELECT pg_backend_pid()").await[0]
+        .clone()
+        .unwrap_or_default();
+    let d = direct().await;
+    d.simple_query(&format!("SELECT pg_terminate_backend({pid})"))
+        .await
+        .unwrap();
+    // Its temporary table is gone with its backend: the client must learn it as it would
+    // directly (FATAL, connection closed), not carry on without it.
+    let first = a.simple_query("SELECT count(*) FROM sess_gone").await;
+    assert!(first.is_err(), "the statement after the backend died fails");
+    let second = a.simple_query("SELECT 1").await;
+    assert!(
+        second.is_err() && a.is_closed(),
+        "and the connection is closed"
+    );
+}
