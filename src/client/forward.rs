@@ -36,19 +36,23 @@ impl Session {
     /// A statement that may change session state is on its way to the server: read the
     /// server's state before it serves anyone else (the common path skips this).
     pub(super) fn note_session_change(&mut self, sql: &[u8]) {
+        use super::tracker::state::{self, Change};
         let Ok(sql) = std::str::from_utf8(sql) else {
-            self.state_dirty = true;
+            self.change = Change::Unknown;
             return;
         };
-        if !super::tracker::state::touches_session(sql) {
+        let change = state::classify(sql);
+        if change == Change::None {
             return;
         }
-        self.state_dirty = true;
-        for name in super::tracker::state::custom_names(sql) {
-            if self.custom_settings.len() < 64 && !self.custom_settings.contains(&name) {
-                self.custom_settings.push(name);
+        if change == Change::Unknown {
+            for name in state::custom_names(sql) {
+                if self.custom_settings.len() < 64 && !self.custom_settings.contains(&name) {
+                    self.custom_settings.push(name);
+                }
             }
         }
+        self.change = std::mem::replace(&mut self.change, Change::None).and(change);
     }
 
     /// After an autocommit `RESET name`, `RESET ALL` or `DISCARD ALL`: the SQL that puts

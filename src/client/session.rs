@@ -149,8 +149,8 @@ pub struct Session {
     /// Room reserved in `max_buffered_bytes` for the large message being read.
     pub(super) input_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Since checkout the client ran something that may have changed its session state:
-    /// read the truth from the server before giving it back.
-    pub(super) state_dirty: bool,
+    /// what to read back from the server before giving it back.
+    pub(super) change: super::tracker::state::Change,
     /// Custom (`x.y`) settings the client named (`pg_settings` does not list them).
     pub(super) custom_settings: Vec<String>,
     /// What keeps this client on its server (transaction/statement mode), if anything.
@@ -245,7 +245,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         skip_row_description: false,
         fanned_out: false,
         input_permit: None,
-        state_dirty: false,
+        change: super::tracker::state::Change::None,
         custom_settings: Vec::new(),
         pinned: None,
     };
@@ -697,42 +697,58 @@ impl Session {
 
     /// Read the held server's session state after the client may have changed it: it is
     /// the client's state now. Decides whether the client is pinned to the server.
-    async fn capture_state(&mut self) {
-        let sql = super::tracker::state::capture_sql(&self.custom_settings);
+    async fn capture_state(&mut self, change: super::tracker::state::Change) {
+        use super::tracker::state::{self, Change};
+        let names = match change {
+            Change::None => return,
+            Change::Names(n) => Some(n),
+            Change::Unknown => None,
+        };
+        let sql = match &names {
+            Some(n) => state::names_sql(n),
+            None => state::capture_sql(&self.custom_settings),
+        };
         let Some(conn) = self.server.as_mut() else {
             return;
         };
         let login = conn.login_user().to_string();
-        match watched("capture", conn.query_pairs(&sql)).await {
-            Ok((rows, None)) if !conn.broken => {
-                let c = super::tracker::state::parse_capture(&rows, &login);
-                conn.params = c.params.clone();
-                self.session_params = c.params;
-                self.effective = self.ctx.startup.overlay(&self.session_params);
-                let pin = c.pins.first().copied();
-                if self.ctx.pin {
-                    self.pinned = pin;
-                } else if c.pins.contains(&1) {
-                    // PgBouncer's behaviour asked for: the lock must not pass to others.
-                    if !matches!(
-                        conn.run_internal("SELECT pg_catalog.pg_advisory_unlock_all()")
-                            .await,
-                        Ok(None)
-                    ) {
-                        conn.broken = true;
-                    }
-                }
-                self.ctx.info.pinned.store(
-                    self.pinned.map_or(0, |i| i as u8 + 1),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
+        let rows = match watched("capture", conn.query_pairs(&sql)).await {
+            Ok((rows, None)) if !conn.broken => rows,
             _ => {
                 // State unknown: the server must not serve anyone else.
                 conn.broken = true;
                 self.drop_server();
+                return;
+            }
+        };
+        if names.is_some() {
+            // Only what those statements could change: update it in both states.
+            state::apply_names(&mut conn.params, &rows, &login);
+            state::apply_names(&mut self.session_params, &rows, &login);
+            self.effective = self.ctx.startup.overlay(&self.session_params);
+            return;
+        }
+        let c = state::parse_capture(&rows, &login);
+        conn.params = c.params.clone();
+        self.session_params = c.params;
+        self.effective = self.ctx.startup.overlay(&self.session_params);
+        let pin = c.pins.first().copied();
+        if self.ctx.pin {
+            self.pinned = pin;
+        } else if c.pins.contains(&1) {
+            // PgBouncer's behaviour asked for: the lock must not pass to others.
+            if !matches!(
+                conn.run_internal("SELECT pg_catalog.pg_advisory_unlock_all()")
+                    .await,
+                Ok(None)
+            ) {
+                conn.broken = true;
             }
         }
+        self.ctx.info.pinned.store(
+            self.pinned.map_or(0, |i| i as u8 + 1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Give the server back when the pool mode allows it.
@@ -743,9 +759,10 @@ impl Session {
         if self.server.is_none() {
             return;
         }
-        if std::mem::take(&mut self.state_dirty) {
+        let change = std::mem::replace(&mut self.change, super::tracker::state::Change::None);
+        if change != super::tracker::state::Change::None {
             self.flush_client().await.ok();
-            Box::pin(self.capture_state()).await;
+            Box::pin(self.capture_state(change)).await;
             if self.server.is_none() {
                 return;
             }
@@ -869,12 +886,13 @@ impl Session {
             let clean = self.pending.reusable() && !conn.broken;
             if clean {
                 let mut reset = self.ctx.config.general.server_reset_query.clone();
-                if self.pinned.is_some() || self.state_dirty {
+                let changed = self.change != super::tracker::state::Change::None;
+                if self.pinned.is_some() || changed {
                     // What pinned the client (temporary tables, advisory locks, cursors,
                     // prepared statements, LISTEN) goes with it.
                     reset = "DISCARD ALL".into();
                 }
-                if self.ctx.mode == PoolMode::Session || self.pinned.is_some() || self.state_dirty {
+                if self.ctx.mode == PoolMode::Session || self.pinned.is_some() || changed {
                     tokio::spawn(async move {
                         if let Ok(None) = conn.run_internal(&reset).await {
                             let pool = conn.pool.clone();

@@ -229,6 +229,138 @@ pub fn touches_session(sql: &str) -> bool {
     false
 }
 
+/// What a statement may have changed in the session, as far as its text tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing (the common path, or a transaction-scoped `SET LOCAL`).
+    None,
+    /// Only these settings (a plain `SET name ...`, `SELECT set_config('name', ...)`) and
+    /// possibly the identity: reading them back is cheap.
+    Names(Vec<String>),
+    /// Anything: read the whole state (`pg_settings`) and the pins.
+    Unknown,
+}
+
+impl Change {
+    /// Both changes together.
+    pub fn and(self, other: Change) -> Change {
+        match (self, other) {
+            (Change::Unknown, _) | (_, Change::Unknown) => Change::Unknown,
+            (Change::None, c) | (c, Change::None) => c,
+            (Change::Names(mut a), Change::Names(b)) => {
+                for n in b {
+                    if !a.contains(&n) {
+                        a.push(n);
+                    }
+                }
+                Change::Names(a)
+            }
+        }
+    }
+}
+
+/// Classify a statement text (see [`Change`]).
+pub fn classify(sql: &str) -> Change {
+    if !touches_session(sql) {
+        return Change::None;
+    }
+    let w = words(sql);
+    let stmts = w.split(|x| x == ";").filter(|s| !s.is_empty()).count();
+    if stmts == 1 && !w.iter().any(|x| x == "default") {
+        match (w.first().map(String::as_str), w.get(1).map(String::as_str)) {
+            (Some("set"), Some("local" | "transaction" | "constraints")) => return Change::None,
+            (Some("set"), Some("session")) if w.get(2).is_some_and(|x| x == "authorization") => {
+                return Change::Names(Vec::new())
+            }
+            (Some("set"), Some("role")) => return Change::Names(Vec::new()),
+            (Some("set"), Some("session" | "time" | "names" | "schema" | "characteristics")) => {
+                return Change::Unknown
+            }
+            (Some("set"), Some(name)) if !name.contains(';') => {
+                let name = name.to_string();
+                return if FUNCTION_WORDS
+                    .iter()
+                    .any(|f| w.iter().any(|x| x.ends_with(f)))
+                {
+                    Change::Unknown
+                } else {
+                    Change::Names(vec![name])
+                };
+            }
+            (Some("select"), _) => {
+                // SELECT set_config('literal', ..., ...) and nothing else state-changing.
+                let only_set_config = w.iter().all(|x| {
+                    let bare = x.rsplit('.').next().unwrap_or(x);
+                    !FUNCTION_WORDS.contains(&bare) || bare == "set_config"
+                });
+                if only_set_config {
+                    if let Some(names) = set_config_names(sql) {
+                        return Change::Names(names);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Change::Unknown
+}
+
+/// The literal first arguments of every `set_config(` call; None if one is not a literal.
+fn set_config_names(sql: &str) -> Option<Vec<String>> {
+    let lower = sql.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    let mut out = Vec::new();
+    while let Some(i) = rest.find("set_config") {
+        rest = &rest[i + "set_config".len()..];
+        let t = rest.trim_start().strip_prefix('(')?.trim_start();
+        let t = t.strip_prefix('\'')?;
+        let end = t.find('\'')?;
+        let name = &t[..end];
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return None;
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The cheap capture after a [`Change::Names`]: the identity and those settings' values.
+pub fn names_sql(names: &[String]) -> String {
+    let mut s = String::from(
+        "SELECT '~user', session_user::text UNION ALL SELECT '~role', pg_catalog.current_setting('role')",
+    );
+    for n in names {
+        s.push_str(" UNION ALL SELECT ");
+        s.push_str(&quote_literal(n));
+        s.push_str(", pg_catalog.current_setting(");
+        s.push_str(&quote_literal(n));
+        s.push_str(", true)");
+    }
+    s
+}
+
+/// Apply a [`names_sql`] answer to `params` (a value, or gone when NULL; the identity).
+pub fn apply_names(params: &mut Params, rows: &[(String, Option<String>)], login_user: &str) {
+    for (name, value) in rows {
+        match (name.as_str(), value) {
+            ("~user", Some(v)) if v != login_user => {
+                params.set(SESSION_USER, Setting::Value(v.clone()))
+            }
+            ("~user", _) => params.remove(SESSION_USER),
+            ("~role", Some(v)) if v != "none" => params.set(ROLE, Setting::Value(v.clone())),
+            ("~role", _) => params.remove(ROLE),
+            (n, Some(v)) => params.set(n, Setting::Value(v.clone())),
+            (n, None) => params.remove(n),
+        }
+    }
+}
+
 /// Custom (`prefix.name`) settings a statement names in `SET x.y` or `set_config('x.y', ...)`:
 /// `pg_settings` does not list them, so the capture asks for them by name.
 pub fn custom_names(sql: &str) -> Vec<String> {
@@ -317,6 +449,58 @@ mod tests {
         ] {
             assert!(touches_session(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn plain_sets_are_read_back_by_name_and_the_rest_in_full() {
+        assert_eq!(classify("SELECT 1"), Change::None);
+        assert_eq!(classify("SET LOCAL work_mem = '8MB'"), Change::None);
+        assert_eq!(
+            classify("SET work_mem = '4MB'"),
+            Change::Names(vec!["work_mem".into()])
+        );
+        assert_eq!(
+            classify("select pg_catalog.set_config('app.tenant', $1, false)"),
+            Change::Names(vec!["app.tenant".into()])
+        );
+        assert_eq!(
+            classify("SET SESSION AUTHORIZATION u2"),
+            Change::Names(vec![])
+        );
+        for sql in [
+            "RESET ALL",
+            "RESET work_mem",
+            "SET work_mem = '1MB'; SELECT 1",
+            "SELECT set_config(name, 'x', false) FROM t",
+            "DO $$ BEGIN PERFORM set_config('a.b', '1', false); END $$",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SELECT pg_advisory_lock(1)",
+            "CREATE TEMP TABLE x (a int)",
+        ] {
+            assert_eq!(classify(sql), Change::Unknown, "{sql}");
+        }
+        assert_eq!(
+            Change::Names(vec!["a".into()]).and(Change::Names(vec!["b".into(), "a".into()])),
+            Change::Names(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(Change::None.and(Change::Unknown), Change::Unknown);
+    }
+
+    #[test]
+    fn names_answers_update_params() {
+        let mut p = Params::default();
+        p.set("work_mem", Setting::Value("1MB".into()));
+        p.set(ROLE, Setting::Value("r".into()));
+        let rows = vec![
+            ("~user".to_string(), Some("app".to_string())),
+            ("~role".to_string(), Some("none".to_string())),
+            ("work_mem".to_string(), Some("4MB".to_string())),
+            ("app.gone".to_string(), None),
+        ];
+        apply_names(&mut p, &rows, "app");
+        assert_eq!(p.get("work_mem"), Some(&Setting::Value("4MB".into())));
+        assert_eq!(p.get(ROLE), None);
+        assert_eq!(p.get(SESSION_USER), None);
     }
 
     #[test]
