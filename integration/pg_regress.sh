@@ -137,12 +137,14 @@ PY
     apt_updated=1
 }
 
+# The source versions apt knows (read whole: `grep -q` on a pipe would fail under pipefail).
+src_versions() { apt-cache showsrc "postgresql-$PG_MAJOR" 2>/dev/null | awk '/^Version:/ {print $2}' || true; }
 if [ ! -f "$REGRESS_DIR/parallel_schedule" ]; then
-    if ! apt-cache showsrc "postgresql-$PG_MAJOR" 2>/dev/null | grep -q "^Version: $PKG_VERSION\$"; then
+    if ! src_versions | grep -qxF "$PKG_VERSION"; then
         is_root && apt_update_once
-        apt-cache showsrc "postgresql-$PG_MAJOR" 2>/dev/null | grep -q '^Package:' || add_deb_src
+        [ -n "$(src_versions)" ] || add_deb_src
     fi
-    apt-cache showsrc "postgresql-$PG_MAJOR" 2>/dev/null | grep -q "^Version: $PKG_VERSION\$" \
+    src_versions | grep -qxF "$PKG_VERSION" \
         || die "the source of postgresql-$PG_MAJOR $PKG_VERSION (the installed server) is not available from apt"
     DL="$CACHE/download"
     rm -rf "$DL" "$SRC"
@@ -150,8 +152,11 @@ if [ ! -f "$REGRESS_DIR/parallel_schedule" ]; then
     log "fetching the postgresql-$PG_MAJOR $PKG_VERSION source package into $CACHE"
     (cd "$DL" && apt-get source -qq --download-only "postgresql-$PG_MAJOR=$PKG_VERSION" >/dev/null 2>&1) \
         || die "apt-get source postgresql-$PG_MAJOR=$PKG_VERSION failed"
-    (cd "$DL" && dpkg-source -q -x ./*.dsc "$SRC" >/dev/null) || die "dpkg-source -x failed"
-    rm -rf "$DL"
+    # (apt has checked the files against the signed Release; gpgv's "no public key" for the
+    # .dsc itself goes to the log.)
+    (cd "$DL" && dpkg-source -x ./*.dsc "$SRC" >"$CACHE/dpkg-source.log" 2>&1) \
+        || { cat "$CACHE/dpkg-source.log" >&2; die "dpkg-source -x failed"; }
+    rm -rf "$DL" "$CACHE"/postgresql-"$PG_MAJOR"_*.orig.tar.*
 fi
 [ -f "$REGRESS_DIR/parallel_schedule" ] || die "no $REGRESS_DIR/parallel_schedule"
 
