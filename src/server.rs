@@ -178,6 +178,9 @@ pub struct ServerConn {
     pub generation: u64,
     /// The last message types exchanged, for the log when the connection goes out of step.
     pub trace: Trace,
+    /// NotificationResponses that arrived while pgvane ran a query of its own: they belong
+    /// to the client (its LISTEN) and are delivered after that query.
+    pub notifications: Vec<Bytes>,
 }
 
 /// A small ring of the last message types sent ('>' before the type) and received.
@@ -258,6 +261,7 @@ impl ServerConn {
             broken: false,
             generation: 0,
             trace: Trace::default(),
+            notifications: Vec::new(),
         };
         let mut out = BytesMut::new();
         let mut sp: Vec<(&str, &str)> = vec![("user", &p.user), ("database", &p.dbname)];
@@ -393,6 +397,7 @@ impl ServerConn {
                     }
                     return Ok(err);
                 }
+                b'A' => self.notifications.push(f),
                 _ => {}
             }
         }
@@ -429,6 +434,7 @@ impl ServerConn {
                     }
                     return Ok((rows, err));
                 }
+                b'A' => self.notifications.push(f),
                 _ => {}
             }
         }
@@ -471,6 +477,7 @@ impl ServerConn {
                     }
                     return Ok(lsn);
                 }
+                b'A' => self.notifications.push(f),
                 _ => {}
             }
         }

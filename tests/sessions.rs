@@ -428,7 +428,7 @@ async fn a_temporary_table_pins_its_client_until_dropped() {
     a.batch_execute("CREATE TEMP TABLE sess_tmp (a int); INSERT INTO sess_tmp VALUES (1), (2)")
         .await
         .unwrap();
-    wait_pinned(&p, &["temporary table"]).await;
+    wait_pinned(&p, &["temporary object"]).await;
     for round in 0..5 {
         for o in &others {
             row(o, "SELECT 1").await;
@@ -465,7 +465,7 @@ async fn a_pinned_client_whose_backend_dies_is_disconnected_like_postgres() {
     a.batch_execute("CREATE TEMP TABLE sess_gone (a int)")
         .await
         .unwrap();
-    wait_pinned(&p, &["temporary table"]).await;
+    wait_pinned(&p, &["temporary object"]).await;
     let pid = row(&a, "SELECT pg_backend_pid()").await[0]
         .clone()
         .unwrap_or_default();
@@ -482,4 +482,58 @@ async fn a_pinned_client_whose_backend_dies_is_disconnected_like_postgres() {
         second.is_err() && a.is_closed(),
         "and the connection is closed"
     );
+}
+
+#[tokio::test]
+async fn a_listening_client_gets_every_notification_while_pgvane_reads_its_state() {
+    use tokio_postgres::AsyncMessage;
+    let p = start(2, "");
+    let (a, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=app password=app-secret dbname=app",
+            p.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = futures_util::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            match m {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_string());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    a.batch_execute("LISTEN sess_chan").await.unwrap();
+    let b = through(&p).await;
+    let n = 200;
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            b.batch_execute(&format!("NOTIFY sess_chan, '{i}'"))
+                .await
+                .unwrap();
+        }
+    });
+    // Each SET makes pgvane read the setting back on A's server, where notifications land.
+    for i in 0..n {
+        a.batch_execute(&format!("SET application_name = 'listener{i}'"))
+            .await
+            .unwrap();
+    }
+    sender.await.unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(std::time::Duration::from_secs(3), rx.recv()).await {
+            Ok(Some(p)) => got.push(p),
+            _ => break,
+        }
+    }
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every notification, in order");
 }

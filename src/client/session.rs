@@ -642,6 +642,7 @@ impl Session {
         }
         self.pending = Pending::new();
         self.server = Some(conn);
+        self.deliver_notifications();
         self.held = target;
         self.ctx
             .info
@@ -692,6 +693,16 @@ impl Session {
                 Applied::Refused(err)
             }
             _ => Applied::Broken,
+        }
+    }
+
+    /// NotificationResponses that arrived during pgvane's own queries on the held server:
+    /// the client's (it listens), queued for it in arrival order.
+    pub(super) fn deliver_notifications(&mut self) {
+        if let Some(conn) = self.server.as_mut() {
+            for n in conn.notifications.drain(..) {
+                self.cout.extend_from_slice(&n);
+            }
         }
     }
 
@@ -763,6 +774,8 @@ impl Session {
         if change != super::tracker::state::Change::None {
             self.flush_client().await.ok();
             Box::pin(self.capture_state(change)).await;
+            self.deliver_notifications();
+            self.flush_client().await.ok();
             if self.server.is_none() {
                 return;
             }

@@ -177,6 +177,9 @@ impl Session {
                     }
                     Some(q) => {
                         if matches!(c.run_internal(&q).await, Ok(None)) && !c.broken {
+                            for n in c.notifications.drain(..) {
+                                self.cout.extend_from_slice(&n);
+                            }
                             c.params = self.effective.clone();
                             conns.push((s, c));
                             continue;

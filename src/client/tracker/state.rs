@@ -19,7 +19,7 @@ pub const ROLE: &str = "role";
 
 /// What keeps a client on its server connection.
 pub const PIN_REASONS: [&str; 5] = [
-    "temporary table",
+    "temporary object",
     "advisory lock",
     "cursor WITH HOLD",
     "prepared statement (SQL PREPARE)",
@@ -33,7 +33,9 @@ pub fn capture_sql(custom: &[String]) -> String {
          UNION ALL SELECT '~user', session_user::text \
          UNION ALL SELECT '~role', pg_catalog.current_setting('role') \
          UNION ALL SELECT '~pins', pg_catalog.concat_ws(',', \
-         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) THEN '0' END, \
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+         OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+         OR EXISTS (SELECT 1 FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = pg_catalog.pg_my_temp_schema()) THEN '0' END, \
          CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) THEN '1' END, \
          CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable) THEN '2' END, \
          CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_statements WHERE from_sql) THEN '3' END, \
@@ -222,7 +224,7 @@ pub fn touches_session(sql: &str) -> bool {
             at_start = false;
         }
         let bare = word.rsplit('.').next().unwrap_or(word);
-        if FUNCTION_WORDS.contains(&bare) {
+        if FUNCTION_WORDS.contains(&bare) || word.starts_with("pg_temp") {
             return true;
         }
     }
@@ -446,6 +448,8 @@ mod tests {
             "PREPARE p AS SELECT 1",
             "LISTEN chan",
             "DROP TABLE x",
+            "CREATE STATISTICS pg_temp.s ON a, b FROM t",
+            "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
         ] {
             assert!(touches_session(sql), "{sql}");
         }
