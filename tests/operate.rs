@@ -234,6 +234,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("pgvane_info", "gauge"),
     ("pgvane_client_connections", "gauge"),
     ("pgvane_client_sockets", "gauge"),
+    ("pgvane_pinned_clients", "gauge"),
     ("pgvane_server_connections", "gauge"),
     ("pgvane_pool_size", "gauge"),
     ("pgvane_pool_waiting_clients", "gauge"),

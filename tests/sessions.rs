@@ -395,15 +395,39 @@ async fn pinned_reasons(p: &Pgvane) -> Vec<String> {
     out
 }
 
+/// The `pgvane_pinned_clients` sample for `reason`, from /metrics.
+fn pinned_metric(port: u16, reason: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .filter(|l| l.starts_with("pgvane_pinned_clients{"))
+        .find(|l| l.contains(&format!("reason=\"{reason}\"")) && l.contains("database=\"app\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 #[tokio::test]
 async fn a_session_advisory_lock_pins_and_is_released_when_its_client_leaves() {
-    let p = start(2, "admin_users = [\"app\"]");
+    let mport = free_port();
+    let p = start(
+        2,
+        &format!("admin_users = [\"app\"]\nmetrics_addr = \"127.0.0.1:{mport}\""),
+    );
     let a = through(&p).await;
     row(&a, "SELECT pg_advisory_lock(4242)").await;
     wait_pinned(&p, &["advisory lock"]).await;
+    assert_eq!(
+        pinned_metric(mport, "advisory lock"),
+        Some(1.0),
+        "/metrics shows it"
+    );
     // Unlock: no longer pinned.
     row(&a, "SELECT pg_advisory_unlock(4242)").await;
     wait_pinned(&p, &[]).await;
+    assert_eq!(pinned_metric(mport, "advisory lock"), Some(0.0));
     // Lock again and leave without unlocking: the lock goes with the client.
     row(&a, "SELECT pg_advisory_lock(4242)").await;
     drop(a);

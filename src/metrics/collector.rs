@@ -65,6 +65,11 @@ const SPECS: &[Spec] = &[
         &["database", "user", "state"],
     ),
     gauge(
+        "pgvane_pinned_clients",
+        "Clients kept on their server connection by session state (transaction/statement mode), by reason.",
+        &["database", "user", "reason"],
+    ),
+    gauge(
         "pgvane_client_sockets",
         "Client TCP connections open, including logins in progress and admin consoles.",
         &[],
@@ -331,7 +336,15 @@ impl Collector for AppCollector {
         // Clients by (database, user, state); every pair with a pool or a client gets all
         // three states so series do not appear and vanish.
         let mut clients: BTreeMap<(String, String), [u64; 3]> = BTreeMap::new();
+        let mut pinned: BTreeMap<(String, String), [u64; 5]> = BTreeMap::new();
         for c in app.clients_snapshot() {
+            let p = c.pinned.load(Ordering::Relaxed) as usize;
+            let counts = pinned
+                .entry((c.database.clone(), c.user.clone()))
+                .or_default();
+            if let Some(n) = p.checked_sub(1).and_then(|i| counts.get_mut(i)) {
+                *n += 1;
+            }
             let slot = match c.state.load(Ordering::Relaxed) {
                 crate::app::CLIENT_ACTIVE => 0,
                 crate::app::CLIENT_WAITING => 1,
@@ -345,6 +358,9 @@ impl Collector for AppCollector {
         for pool in app.all_pools() {
             let k = &pool.key;
             clients
+                .entry((k.database.clone(), k.user.clone()))
+                .or_default();
+            pinned
                 .entry((k.database.clone(), k.user.clone()))
                 .or_default();
             let (shard, role) = backend_place(&cfg, k).unwrap_or((0, "unknown"));
@@ -406,6 +422,14 @@ impl Collector for AppCollector {
         for ((db, user), n) in &clients {
             for (i, state) in ["active", "waiting", "idle"].iter().enumerate() {
                 s.put("pgvane_client_connections", &[db, user, state], n[i] as f64);
+            }
+        }
+        for ((db, user), n) in &pinned {
+            for (i, reason) in crate::client::tracker::state::PIN_REASONS
+                .iter()
+                .enumerate()
+            {
+                s.put("pgvane_pinned_clients", &[db, user, reason], n[i] as f64);
             }
         }
 
