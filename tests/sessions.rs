@@ -561,3 +561,24 @@ async fn a_listening_client_gets_every_notification_while_pgvane_reads_its_state
     let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(got, want, "every notification, in order");
 }
+
+/// What a server sends before closing when a client opens with Terminate instead of a
+/// startup packet (node-postgres does this when it disconnects at once).
+fn reply_to_early_terminate(port: u16) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&[b'X', 0, 0, 0, 4]).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn a_bad_startup_length_closes_silently_like_postgres() {
+    let p = start(1, "");
+    let direct = reply_to_early_terminate(shared().port());
+    assert!(direct.is_empty(), "PostgreSQL says nothing: {direct:?}");
+    assert_eq!(reply_to_early_terminate(p.port()), direct);
+}

@@ -42,7 +42,9 @@ impl Session {
             return;
         };
         let change = state::classify(sql);
-        if change == Change::None {
+        if change == Change::None
+            || (self.pinned.is_none() && !state::changes_beyond_unpinning(sql))
+        {
             return;
         }
         if change == Change::Unknown {

@@ -143,8 +143,10 @@ pub async fn handle(app: Arc<App>, mut stream: TcpStream, ticket: LoginTicket) {
             if progress.started || code != "08006" {
                 log_failed(&peer, &progress, code, &msg);
             }
-            protocol::error_response(&mut out, "FATAL", code, &msg);
-            let _ = stream.write_all(&out).await;
+            if !msg.starts_with(BAD_STARTUP_LENGTH) {
+                protocol::error_response(&mut out, "FATAL", code, &msg);
+                let _ = stream.write_all(&out).await;
+            }
             return;
         }
         Err(why) => {
@@ -218,15 +220,17 @@ fn log_failed(peer: &str, p: &Progress, code: &str, msg: &str) {
     );
 }
 
+/// PostgreSQL logs this and closes the connection without a word (COMMERROR): a client
+/// that sent something else first (node-postgres' Terminate before its startup packet)
+/// must not receive an error message it does not expect.
+const BAD_STARTUP_LENGTH: &str = "invalid length of startup packet";
+
 async fn read_startup_packet(stream: &mut TcpStream) -> Result<Vec<u8>, Reject> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await?;
     let len = i32::from_be_bytes(len);
     if !(8..=protocol::MAX_STARTUP_LEN as i32).contains(&len) {
-        return Err(Reject(
-            "08P01",
-            format!("invalid startup packet length {len}"),
-        ));
+        return Err(Reject("08P01", format!("{BAD_STARTUP_LENGTH} ({len})")));
     }
     let mut body = vec![0u8; len as usize - 4];
     stream.read_exact(&mut body).await?;

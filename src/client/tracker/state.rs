@@ -201,10 +201,29 @@ const FUNCTION_WORDS: &[&str] = &[
     "pg_advisory_unlock_all",
 ];
 
+/// Words that can only end a pin (they matter to a pinned client only).
+const UNPIN_STATEMENT_WORDS: &[&str] = &["close", "drop", "deallocate", "unlisten"];
+const UNPIN_FUNCTION_WORDS: &[&str] = &[
+    "pg_advisory_unlock",
+    "pg_advisory_unlock_shared",
+    "pg_advisory_unlock_all",
+];
+
 /// Could this statement text change the session's state (settings, identity) or what pins
 /// it? False for plain SELECT/INSERT/UPDATE/DELETE and friends: the common path.
 pub fn touches_session(sql: &str) -> bool {
+    scan(sql, true)
+}
+
+/// Does it do more than possibly end a pin (CLOSE, DROP, DEALLOCATE, UNLISTEN, advisory
+/// unlocks)? When false, a client that is not pinned need not read anything back.
+pub fn changes_beyond_unpinning(sql: &str) -> bool {
+    scan(sql, false)
+}
+
+fn scan(sql: &str, with_unpinning: bool) -> bool {
     let w = words(sql);
+    let holds = w.iter().any(|x| x == "hold");
     let mut at_start = true;
     for (i, word) in w.iter().enumerate() {
         if word == ";" {
@@ -212,7 +231,13 @@ pub fn touches_session(sql: &str) -> bool {
             continue;
         }
         if at_start {
-            if STATEMENT_WORDS.contains(&word.as_str()) {
+            let unpin = UNPIN_STATEMENT_WORDS.contains(&word.as_str());
+            // A cursor without HOLD ends with its transaction: nothing to read back.
+            let plain_cursor = word == "declare" && !holds;
+            if STATEMENT_WORDS.contains(&word.as_str())
+                && !plain_cursor
+                && (with_unpinning || !unpin)
+            {
                 return true;
             }
             if word == "create" {
@@ -224,7 +249,10 @@ pub fn touches_session(sql: &str) -> bool {
             at_start = false;
         }
         let bare = word.rsplit('.').next().unwrap_or(word);
-        if FUNCTION_WORDS.contains(&bare) || word.starts_with("pg_temp") {
+        let unlock = UNPIN_FUNCTION_WORDS.contains(&bare);
+        if (FUNCTION_WORDS.contains(&bare) && (with_unpinning || !unlock))
+            || word.starts_with("pg_temp")
+        {
             return true;
         }
     }
@@ -505,6 +533,28 @@ mod tests {
         assert_eq!(p.get("work_mem"), Some(&Setting::Value("4MB".into())));
         assert_eq!(p.get(ROLE), None);
         assert_eq!(p.get(SESSION_USER), None);
+    }
+
+    #[test]
+    fn unpinning_words_matter_only_to_pinned_clients() {
+        for sql in [
+            "DROP TABLE t",
+            "CLOSE c",
+            "DEALLOCATE p",
+            "UNLISTEN *",
+            "SELECT pg_advisory_unlock(1)",
+        ] {
+            assert!(touches_session(sql), "{sql}");
+            assert!(!changes_beyond_unpinning(sql), "{sql}");
+        }
+        for sql in [
+            "SET work_mem = 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LISTEN x",
+        ] {
+            assert!(changes_beyond_unpinning(sql), "{sql}");
+        }
+        assert!(!touches_session("DECLARE c CURSOR FOR SELECT 1"));
     }
 
     #[test]
