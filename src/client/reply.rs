@@ -234,6 +234,19 @@ impl Session {
                 || self.pinned.is_some())
     }
 
+    /// Close a stale shared statement on the held server (answer swallowed) and forget it
+    /// there.
+    fn close_stale(&mut self, def: &super::prepared::StmtDef) {
+        if let Some(server) = self.server.as_mut() {
+            server.prepared.remove(def.id);
+        }
+        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
+        self.pending.sent(Owed::Close {
+            stmt: None,
+            swallow: true,
+        });
+    }
+
     /// A schema change altered a shared statement's result type. The client described the
     /// old shape, so it must see PostgreSQL's 0A000 (drivers such as asyncpg re-prepare on
     /// it); replaying would hand it rows of a shape it was never told. The stale statement
@@ -252,17 +265,10 @@ impl Session {
         if !changed || self.server.is_none() || self.pending.skipping() {
             return;
         }
-        if let Some(server) = self.server.as_mut() {
-            server.prepared.remove(def.id);
-        }
         // Queued behind the Sync the client already sent, answers swallowed. Its own Sync
         // makes the server send the CloseComplete (it flushes only at Sync or Flush) and
         // closes the batch, so the server can be released.
-        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
-        self.pending.sent(Owed::Close {
-            stmt: None,
-            swallow: true,
-        });
+        self.close_stale(def);
         protocol::sync(&mut self.sout);
         self.pending.sent(Owed::SwallowReady);
     }
@@ -303,14 +309,7 @@ impl Session {
         if !self.pending.swallow_head_ready() {
             return false;
         }
-        if let Some(server) = self.server.as_mut() {
-            server.prepared.remove(def.id);
-        }
-        protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
-        self.pending.sent(Owed::Close {
-            stmt: None,
-            swallow: true,
-        });
+        self.close_stale(&def);
         self.replaying = true;
         for f in frames {
             // Frames were valid the first time; a failure here cannot happen.

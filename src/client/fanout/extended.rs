@@ -11,7 +11,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::merge::{CopyOut, Merge};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::client::session::{End, Session};
 use crate::protocol;
@@ -174,15 +174,7 @@ impl Session {
                 protocol::query(&mut begin, "BEGIN");
             }
             begin.extend_from_slice(&payload);
-            let sent = match c.stream.write_all(&begin).await {
-                Ok(()) if write => super::begin_answer(c).await,
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = sent {
-                c.broken = true;
-                m.lost(i, Some(&format!("shard {s}: {e}")), &mut self.cout);
-            }
+            super::send_to_shard(i, *s, c, &begin, write, &mut m, &mut self.cout).await;
         }
         self.stream_merge(&mut conns, &mut m).await?;
         self.end_fanout(conns, m, write, write).await;

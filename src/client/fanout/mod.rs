@@ -273,15 +273,7 @@ impl Session {
                 Some((_, q)) => protocol::query(&mut out, q),
                 None => out.extend_from_slice(&frame),
             }
-            let sent = match c.stream.write_all(&out).await {
-                Ok(()) if wrap => begin_answer(c).await,
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = sent {
-                c.broken = true;
-                m.lost(i, Some(&format!("shard {s}: {e}")), &mut self.cout);
-            }
+            send_to_shard(i, *s, c, &out, wrap, &mut m, &mut self.cout).await;
         }
         self.stream_merge(&mut conns, &mut m).await?;
         self.end_fanout(conns, m, wrap, write).await;
@@ -390,8 +382,30 @@ impl Session {
     }
 }
 
+/// Send shard `i` its part of a fan-out (after `BEGIN` when `wrap`: its answer is read
+/// here); a shard that fails is marked lost in the merge.
+pub(crate) async fn send_to_shard(
+    i: usize,
+    shard: u32,
+    c: &mut PooledConn,
+    bytes: &[u8],
+    wrap: bool,
+    m: &mut Merge,
+    cout: &mut BytesMut,
+) {
+    let sent = match c.stream.write_all(bytes).await {
+        Ok(()) if wrap => begin_answer(c).await,
+        Ok(()) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        c.broken = true;
+        m.lost(i, Some(&format!("shard {shard}: {e}")), cout);
+    }
+}
+
 /// Read the answer to the BEGIN sent before a wrapped statement (through its ReadyForQuery).
-pub(crate) async fn begin_answer(c: &mut PooledConn) -> Result<(), String> {
+async fn begin_answer(c: &mut PooledConn) -> Result<(), String> {
     let mut err = None;
     loop {
         let f = c.read_frame().await.map_err(|e| e.to_string())?;

@@ -96,80 +96,101 @@ pub fn parse_capture(rows: &[(String, Option<String>)], login_user: &str) -> Cap
     c
 }
 
-/// Lower-case words (dotted names stay whole) of `sql` outside string literals, quoted
-/// identifiers and comments, with `;` as its own word (statement boundaries).
-fn words(sql: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let b = sql.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' {
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i += 1;
-        } else if c == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += 1;
-            }
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i += 2;
-        } else if c == b';' {
-            out.push(";".to_string());
-            i += 1;
-        } else if c.is_ascii_alphabetic() || c == b'_' {
-            let start = i;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'$' | b'.'))
-            {
-                i += 1;
-            }
-            out.push(sql[start..i].to_ascii_lowercase());
-        } else if c == b'$' {
-            // Dollar quoting: $tag$ ... $tag$ (a DO body is scanned by its DO word anyway).
-            let end = sql[i + 1..].find('$').map(|e| i + 1 + e);
-            match end {
-                Some(e)
-                    if sql[i + 1..e]
-                        .bytes()
-                        .all(|x| x.is_ascii_alphanumeric() || x == b'_') =>
-                {
-                    let tag = &sql[i..=e];
-                    match sql[e + 1..].find(tag) {
-                        Some(close) => {
-                            // Keep function names used inside the body visible.
-                            out.extend(words(&sql[e + 1..e + 1 + close]));
-                            i = e + 1 + close + tag.len();
+/// The words (dotted names stay whole) of `sql` outside string literals, quoted
+/// identifiers and comments, as slices of it, with `;` as its own word (statement
+/// boundaries). Dollar-quote tags are skipped and their bodies scanned like the rest, so a
+/// DO body's function calls stay visible. Allocates nothing: it runs on every Query.
+struct Words<'a> {
+    sql: &'a str,
+    i: usize,
+}
+
+fn words_of(sql: &str) -> Words<'_> {
+    Words { sql, i: 0 }
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (sql, b) = (self.sql, self.sql.as_bytes());
+        let mut i = self.i;
+        while i < b.len() {
+            let c = b[i];
+            match c {
+                b'\'' => {
+                    i += 1;
+                    while i < b.len() {
+                        if b[i] == b'\'' {
+                            if b.get(i + 1) == Some(&b'\'') {
+                                i += 2;
+                                continue;
+                            }
+                            break;
                         }
-                        None => i = b.len(),
+                        i += 1;
                     }
+                    i += 1;
+                }
+                b'"' => {
+                    i += 1;
+                    while i < b.len() && b[i] != b'"' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                b'-' if b.get(i + 1) == Some(&b'-') => {
+                    while i < b.len() && b[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                b'/' if b.get(i + 1) == Some(&b'*') => {
+                    i += 2;
+                    while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                        i += 1;
+                    }
+                    i += 2;
+                }
+                b';' => {
+                    self.i = i + 1;
+                    return Some(";");
+                }
+                b'$' => {
+                    // A `$tag$` / `$$` delimiter is skipped; `$1` is not a word either.
+                    i += 1;
+                    let tag = b[i..]
+                        .iter()
+                        .take_while(|x| x.is_ascii_alphanumeric() || **x == b'_')
+                        .count();
+                    if b.get(i + tag) == Some(&b'$') {
+                        i += tag + 1;
+                    }
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' => {
+                    let start = i;
+                    while i < b.len()
+                        && (b[i].is_ascii_alphanumeric() || matches!(b[i], b'_' | b'$' | b'.'))
+                    {
+                        i += 1;
+                    }
+                    self.i = i;
+                    return Some(&sql[start..i]);
                 }
                 _ => i += 1,
             }
-        } else {
-            i += 1;
         }
+        self.i = b.len();
+        None
     }
-    out
+}
+
+/// The lower-case words of `sql` (for the statements that [`touches_session`] flagged).
+fn words(sql: &str) -> Vec<String> {
+    words_of(sql).map(|w| w.to_ascii_lowercase()).collect()
+}
+
+fn is_one_of(word: &str, list: &[&str]) -> bool {
+    list.iter().any(|l| l.eq_ignore_ascii_case(word))
 }
 
 /// First words of a statement that may change session state or pin the session.
@@ -222,36 +243,47 @@ pub fn changes_beyond_unpinning(sql: &str) -> bool {
 }
 
 fn scan(sql: &str, with_unpinning: bool) -> bool {
-    let w = words(sql);
-    let holds = w.iter().any(|x| x == "hold");
     let mut at_start = true;
-    for (i, word) in w.iter().enumerate() {
+    // Words left in which `create` may still be followed by TEMP/TEMPORARY.
+    let mut create_window = 0;
+    let mut declared = false;
+    for word in words_of(sql) {
         if word == ";" {
             at_start = true;
+            create_window = 0;
             continue;
         }
+        if create_window > 0 {
+            create_window -= 1;
+            if is_one_of(word, &["temp", "temporary"]) {
+                return true;
+            }
+        }
         if at_start {
-            let unpin = UNPIN_STATEMENT_WORDS.contains(&word.as_str());
-            // A cursor without HOLD ends with its transaction: nothing to read back.
-            let plain_cursor = word == "declare" && !holds;
-            if STATEMENT_WORDS.contains(&word.as_str())
-                && !plain_cursor
-                && (with_unpinning || !unpin)
+            at_start = false;
+            if word.eq_ignore_ascii_case("create") {
+                create_window = 3;
+            } else if word.eq_ignore_ascii_case("declare") {
+                // A cursor without HOLD ends with its transaction: nothing to read back.
+                declared = true;
+            } else if is_one_of(word, STATEMENT_WORDS)
+                && (with_unpinning || !is_one_of(word, UNPIN_STATEMENT_WORDS))
             {
                 return true;
             }
-            if word == "create" {
-                let next: Vec<&str> = w[i + 1..].iter().take(3).map(|s| s.as_str()).collect();
-                if next.iter().any(|n| *n == "temp" || *n == "temporary") {
-                    return true;
-                }
-            }
-            at_start = false;
+        }
+        if declared && word.eq_ignore_ascii_case("hold") {
+            return true;
         }
         let bare = word.rsplit('.').next().unwrap_or(word);
-        let unlock = UNPIN_FUNCTION_WORDS.contains(&bare);
-        if (FUNCTION_WORDS.contains(&bare) && (with_unpinning || !unlock))
-            || word.starts_with("pg_temp")
+        if is_one_of(bare, FUNCTION_WORDS)
+            && (with_unpinning || !is_one_of(bare, UNPIN_FUNCTION_WORDS))
+        {
+            return true;
+        }
+        if word
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pg_temp"))
         {
             return true;
         }
