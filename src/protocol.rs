@@ -59,6 +59,25 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Bytes>, 
     Ok(Some(buf.split_to(len + 1).freeze()))
 }
 
+/// Make room to read more bytes into `buf`: at least `chunk` free bytes when fewer than
+/// `min` are free, and a buffer that grew past [`SHRINK_AT`] for one large message is
+/// dropped once empty.
+///
+/// Call it only when `buf` holds no complete frame (what is buffered is at most one partial
+/// frame). `BytesMut::reserve` doubles a buffer that holds more unread bytes than read ones,
+/// so reserving while complete frames are still waiting lets a fast peer grow the buffer
+/// with every read: a slow client's fan-out grew two shard buffers to ~40 MiB each.
+pub fn read_room(buf: &mut BytesMut, min: usize, chunk: usize) {
+    if buf.is_empty() && buf.capacity() > SHRINK_AT {
+        *buf = BytesMut::with_capacity(chunk);
+    } else if buf.capacity() - buf.len() < min {
+        buf.reserve(chunk);
+    }
+}
+
+/// See [`read_room`].
+pub const SHRINK_AT: usize = 1024 * 1024;
+
 /// The body of a frame (after tag and length).
 #[inline]
 pub fn body(frame: &[u8]) -> &[u8] {
@@ -701,6 +720,73 @@ pub fn quote_literal(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that always has more to send: 1 KiB DataRows, as a shard streams to a slow
+    /// client; each read returns what the socket has, at most the free space (`seed` picks
+    /// the amount, up to the 4 MiB a loopback socket buffers).
+    fn read_from_fast_peer(buf: &mut BytesMut, sent: &mut usize, seed: &mut u64) {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let avail = 512 + (*seed >> 33) as usize % (4 << 20);
+        let n = avail.min(buf.capacity() - buf.len());
+        for _ in 0..n {
+            let at = *sent % 1025;
+            buf.put_u8(match at {
+                0 => b'D',
+                1..=4 => 1024u32.to_be_bytes()[at - 1],
+                _ => b'x',
+            });
+            *sent += 1;
+        }
+    }
+
+    #[test]
+    fn reading_only_when_no_frame_is_buffered_keeps_the_buffer_small() {
+        // What read_frame does: frames first, room and a read only when none is complete.
+        let (mut sent, mut seed) = (0, 1);
+        let mut buf = BytesMut::new();
+        for _ in 0..200_000 {
+            loop {
+                if let Some(f) = split_frame(&mut buf, 1 << 20).unwrap() {
+                    assert_eq!(f.len(), 1025);
+                    break;
+                }
+                read_room(&mut buf, 4096, 32 * 1024);
+                read_from_fast_peer(&mut buf, &mut sent, &mut seed);
+            }
+        }
+        assert!(buf.capacity() <= 128 * 1024, "grew to {}", buf.capacity());
+
+        // The pattern it replaced, room made before every frame: the same peer grows the
+        // buffer by doubling (this is what the fan-out did; it proves the check can fail).
+        let (mut sent, mut seed) = (0, 1);
+        let mut buf = BytesMut::new();
+        for _ in 0..200_000 {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(32 * 1024);
+            }
+            loop {
+                if let Some(f) = split_frame(&mut buf, 1 << 20).unwrap() {
+                    assert_eq!(f.len(), 1025);
+                    break;
+                }
+                read_from_fast_peer(&mut buf, &mut sent, &mut seed);
+            }
+        }
+        assert!(buf.capacity() > 1024 * 1024, "stayed at {}", buf.capacity());
+    }
+
+    #[test]
+    fn a_buffer_grown_for_one_large_message_is_dropped_once_empty() {
+        let mut buf = BytesMut::with_capacity(8 * 1024 * 1024);
+        read_room(&mut buf, 4096, 32 * 1024);
+        assert!(buf.capacity() < SHRINK_AT);
+        buf.put_u8(b'D');
+        let cap = buf.capacity();
+        read_room(&mut buf, 4096, 32 * 1024);
+        assert_eq!(buf.capacity(), cap, "room enough: untouched");
+    }
 
     #[test]
     fn frames_split_and_wait_for_more() {

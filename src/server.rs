@@ -366,6 +366,7 @@ impl ServerConn {
             if let Some(f) = protocol::split_frame(&mut self.rbuf, MAX_SERVER_MESSAGE)? {
                 return Ok(f);
             }
+            protocol::read_room(&mut self.rbuf, 4096, 32 * 1024);
             let n = self.stream.read_buf(&mut self.rbuf).await?;
             if n == 0 {
                 return Err(ServerError::Io(std::io::Error::new(

@@ -322,9 +322,8 @@ impl Session {
             if self.cin.capacity() - self.cin.len() < 1024 {
                 self.cin.reserve(READ_CHUNK);
             }
-            if server.rbuf.capacity() - server.rbuf.len() < 4096 {
-                server.rbuf.reserve(SERVER_READ_CHUNK);
-            }
+            // on_server_data consumed every complete frame: what is left is one partial frame.
+            protocol::read_room(&mut server.rbuf, 4096, SERVER_READ_CHUNK);
             let waiting_in_tx = self.pending.tx() != TxStatus::Idle && self.pending.is_empty();
             let deadline = (waiting_in_tx && !idle_tx.is_zero()).then(|| Instant::now() + idle_tx);
             tokio::select! {

@@ -293,9 +293,6 @@ impl Session {
             let Some((s, c)) = conns.get_mut(i) else {
                 break;
             };
-            if c.rbuf.capacity() - c.rbuf.len() < 4096 {
-                c.rbuf.reserve(32 * 1024);
-            }
             match c.read_frame().await {
                 Ok(f) => {
                     if f[0] == b'G' {
