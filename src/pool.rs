@@ -266,6 +266,14 @@ impl Pool {
 
     /// Check out a connection: an idle one if any is usable, else a new one.
     pub async fn get(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        self.get_prefer(None).await
+    }
+
+    /// [`Pool::get`], taking the idle connection `prefer` (a server id) if it is idle.
+    pub async fn get_prefer(
+        self: &Arc<Self>,
+        mut prefer: Option<u64>,
+    ) -> Result<PooledConn, PoolError> {
         while self.paused.load(Ordering::Acquire) {
             let notified = self.resumed.notified();
             if !self.paused.load(Ordering::Acquire) {
@@ -280,7 +288,13 @@ impl Pool {
         let permit = self.acquire_permit(&s).await?;
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         loop {
-            let candidate = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let candidate = self.idle.lock().ok().and_then(|mut v| {
+                let want = prefer.take();
+                match want.and_then(|id| v.iter().rposition(|c| c.id == id)) {
+                    Some(i) => Some(v.remove(i)),
+                    None => v.pop(),
+                }
+            });
             let Some(mut conn) = candidate else { break };
             let now = Instant::now();
             let idle_for = now.duration_since(conn.last_used);
@@ -308,13 +322,15 @@ impl Pool {
                 }
             }
             self.stats.active.fetch_add(1, Ordering::Relaxed);
+            conn.checkouts += 1;
             return Ok(PooledConn {
                 conn: Some(conn),
                 pool: self.clone(),
                 _permit: permit,
             });
         }
-        let conn = self.open_new(&s).await.map_err(PoolError::Connect)?;
+        let mut conn = self.open_new(&s).await.map_err(PoolError::Connect)?;
+        conn.checkouts += 1;
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             conn: Some(conn),

@@ -618,6 +618,42 @@ pub fn target_msg(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     finish(out, s);
 }
 
+/// Flush ('H').
+pub fn flush_msg(out: &mut BytesMut) {
+    out.put_slice(&[b'H', 0, 0, 0, 4]);
+}
+
+/// The result shape a statement Describe answered (RowDescription or NoData), as PostgreSQL
+/// compares it when it revalidates a prepared statement ("cached plan must not change result
+/// type"): column count, names, type OIDs and modifiers. The table OID and column number are
+/// left out (a table dropped and created again with the same columns keeps its shape), and
+/// so is the format code (always text in a statement's description).
+pub fn row_shape(frame: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    if frame.first() != Some(&b'T') || frame.len() < 7 {
+        0u16.hash(&mut h);
+        return h.finish();
+    }
+    let n = u16::from_be_bytes([frame[5], frame[6]]);
+    n.hash(&mut h);
+    let mut at = 7;
+    for _ in 0..n {
+        let Some(end) = frame.get(at..).and_then(|b| b.iter().position(|&c| c == 0)) else {
+            break;
+        };
+        frame[at..at + end].hash(&mut h);
+        at += end + 1;
+        // table OID (4), column number (2): skipped; type OID (4), size (2), modifier (4):
+        // hashed; format (2): skipped.
+        if let Some(f) = frame.get(at + 6..at + 16) {
+            f.hash(&mut h);
+        }
+        at += 18;
+    }
+    h.finish()
+}
+
 /// A StartupMessage (protocol 3.0) with the given parameters.
 pub fn startup_message(out: &mut BytesMut, params: &[(&str, &str)]) {
     let start = out.len();
@@ -739,6 +775,46 @@ mod tests {
             });
             *sent += 1;
         }
+    }
+
+    fn row_description(cols: &[(&str, u32, u32, i32)]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        let s = begin(&mut out, b'T');
+        out.put_u16(cols.len() as u16);
+        for (name, table, ty, typmod) in cols {
+            put_cstr(&mut out, name.as_bytes());
+            out.put_u32(*table);
+            out.put_u16(1);
+            out.put_u32(*ty);
+            out.put_i16(4);
+            out.put_i32(*typmod);
+            out.put_u16(0);
+        }
+        finish(&mut out, s);
+        out.to_vec()
+    }
+
+    #[test]
+    fn row_shape_is_what_postgres_compares_on_revalidation() {
+        let int = row_description(&[("col", 16384, 23, -1)]);
+        let recreated = row_description(&[("col", 16999, 23, -1)]);
+        let small = row_description(&[("col", 16384, 21, -1)]);
+        let renamed = row_description(&[("c", 16384, 23, -1)]);
+        let two = row_description(&[("col", 16384, 23, -1), ("b", 16384, 25, -1)]);
+        let varchar10 = row_description(&[("col", 16384, 1043, 14)]);
+        let varchar20 = row_description(&[("col", 16384, 1043, 24)]);
+        assert_eq!(row_shape(&int), row_shape(&recreated), "table OID ignored");
+        assert_ne!(row_shape(&int), row_shape(&small), "type");
+        assert_ne!(row_shape(&int), row_shape(&renamed), "name");
+        assert_ne!(row_shape(&int), row_shape(&two), "columns");
+        assert_ne!(row_shape(&varchar10), row_shape(&varchar20), "modifier");
+        assert_ne!(row_shape(&int), row_shape(&[b'n', 0, 0, 0, 4]), "NoData");
+        assert_eq!(
+            row_shape(&[b'n', 0, 0, 0, 4]),
+            row_shape(&row_description(&[]))
+        );
+        // A truncated description does not panic.
+        let _ = row_shape(&int[..12]);
     }
 
     #[test]

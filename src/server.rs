@@ -80,6 +80,8 @@ pub struct ConnectParams {
 #[derive(Debug, Default)]
 pub struct PreparedCache {
     entries: HashMap<u64, (Arc<StmtDef>, u64)>,
+    /// The result shape ([`protocol::row_shape`]) of a statement here, once described.
+    shapes: HashMap<u64, u64>,
     tick: u64,
     /// Lookups since the counters were last taken (plain fields: no shared atomics per Bind).
     hits: u64,
@@ -110,6 +112,7 @@ impl PreparedCache {
     pub fn insert(&mut self, def: &Arc<StmtDef>, max: usize) -> Option<Arc<StmtDef>> {
         self.tick += 1;
         self.entries.insert(def.id, (def.clone(), self.tick));
+        self.shapes.remove(&def.id);
         if max > 0 && self.entries.len() > max {
             let victim = self
                 .entries
@@ -119,6 +122,7 @@ impl PreparedCache {
                 .map(|(k, _)| *k);
             if let Some(v) = victim {
                 crate::metrics::count_prepared_eviction();
+                self.shapes.remove(&v);
                 return self.entries.remove(&v).map(|(d, _)| d);
             }
         }
@@ -127,6 +131,18 @@ impl PreparedCache {
 
     pub fn remove(&mut self, id: u64) {
         self.entries.remove(&id);
+        self.shapes.remove(&id);
+    }
+
+    /// The statement's result shape here, if a Describe of it was seen.
+    pub fn shape(&self, id: u64) -> Option<u64> {
+        self.shapes.get(&id).copied()
+    }
+
+    pub fn set_shape(&mut self, id: u64, shape: u64) {
+        if self.entries.contains_key(&id) {
+            self.shapes.insert(id, shape);
+        }
     }
 
     /// (hits, misses) since the last call.
@@ -139,6 +155,7 @@ impl PreparedCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.shapes.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -176,6 +193,9 @@ pub struct ServerConn {
     pub broken: bool,
     /// The pool generation it was opened in (RECONNECT retires older ones).
     pub generation: u64,
+    /// Times a client checked it out (a client's sequence state survives only if nobody
+    /// else had it in between).
+    pub checkouts: u64,
     /// The last message types exchanged, for the log when the connection goes out of step.
     pub trace: Trace,
     /// NotificationResponses that arrived while pgvane ran a query of its own: they belong
@@ -250,6 +270,7 @@ impl ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(8192),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            checkouts: 0,
             addr,
             pid: 0,
             secret: 0,

@@ -582,3 +582,78 @@ fn a_bad_startup_length_closes_silently_like_postgres() {
     assert!(direct.is_empty(), "PostgreSQL says nothing: {direct:?}");
     assert_eq!(reply_to_early_terminate(p.port()), direct);
 }
+
+/// What a statement answered: its first value, or the SQLSTATE.
+async fn value_or_code(c: &tokio_postgres::Client, sql: &str) -> String {
+    match c.simple_query(sql).await {
+        Ok(msgs) => msgs
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.code().code().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// currval/lastval read what nextval left in the server session. Through transaction
+/// pooling they answer exactly when the client's server connection is the one it used last
+/// (and nobody used it in between), or after a statement of the same checkout that may
+/// call nextval; otherwise pgvane refuses with 0A000, never another client's value.
+#[tokio::test]
+async fn sequence_state_is_read_only_where_it_lives() {
+    let pg = shared();
+    pg.psql(
+        "app",
+        "DROP TABLE IF EXISTS seq_rows; CREATE TABLE seq_rows(id serial, v int); \
+         DROP SEQUENCE IF EXISTS seq_s; CREATE SEQUENCE seq_s",
+    );
+    let p = start(1, "");
+    let a = through(&p).await;
+    let b = through(&p).await;
+    let first = value_or_code(&a, "SELECT nextval('seq_s')").await;
+    // Alone on its server: exactly PostgreSQL's answers.
+    assert_eq!(value_or_code(&a, "SELECT currval('seq_s')").await, first);
+    assert_eq!(value_or_code(&a, "SELECT lastval()").await, first);
+    // Another client's nextval on the same (only) server connection in between.
+    let other = value_or_code(&b, "SELECT nextval('seq_s')").await;
+    assert_ne!(other, first);
+    assert_eq!(
+        value_or_code(&a, "SELECT currval('seq_s')").await,
+        "0A000",
+        "never the other client's value"
+    );
+    let e = a.simple_query("SELECT lastval()").await.unwrap_err();
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("INSERT ... RETURNING"), "{msg}");
+    // In a transaction the refusal fails it, as an error from PostgreSQL would.
+    a.simple_query("BEGIN").await.unwrap();
+    assert_eq!(value_or_code(&a, "SELECT lastval()").await, "0A000");
+    assert_eq!(value_or_code(&a, "SELECT 1").await, "25P02");
+    a.simple_query("ROLLBACK").await.unwrap();
+    // The habit that matters: nextval (here a serial default) and currval in one transaction.
+    value_or_code(&b, "SELECT nextval('seq_s')").await;
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("INSERT INTO seq_rows(v) VALUES (1)")
+        .await
+        .unwrap();
+    let id = value_or_code(&a, "SELECT currval('seq_rows_id_seq')").await;
+    a.simple_query("COMMIT").await.unwrap();
+    assert_eq!(value_or_code(&a, "SELECT max(id) FROM seq_rows").await, id);
+    // The extended protocol is refused the same way (and nothing runs).
+    value_or_code(&b, "SELECT 1").await;
+    let e = a.query_one("SELECT lastval()", &[]).await.unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("0A000"),
+        "{e:?}"
+    );
+    assert_eq!(value_or_code(&a, "SELECT 2").await, "2", "usable after it");
+}

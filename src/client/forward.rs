@@ -10,7 +10,7 @@
 use bytes::Bytes;
 
 use super::session::{End, Session};
-use super::tracker::{Copy, Owed};
+use super::tracker::{state, Copy, Owed, Refusal};
 use crate::params::{self, SetCmd};
 use crate::protocol;
 
@@ -113,6 +113,66 @@ impl Session {
             stmt: Some(def.clone()),
             swallow,
         });
+        self.probe_shape(def);
+    }
+
+    /// Describe a shared statement on the server, answers swallowed, to learn its result
+    /// shape there (sent with every Parse pgvane makes: pipelined, no round trip).
+    fn probe_shape(&mut self, def: &std::sync::Arc<super::prepared::StmtDef>) {
+        let mut d = bytes::BytesMut::new();
+        protocol::target_msg(&mut d, b'D', b'S', &def.name);
+        let frame = d.freeze();
+        self.sout.extend_from_slice(&frame);
+        self.pending.sent(Owed::Describe {
+            frame,
+            stmt: Some(def.clone()),
+            probe: true,
+        });
+    }
+
+    /// Before a Bind of a statement whose shape the client was told: make sure the held
+    /// server's shape of it is known (prepare or describe it and wait for the answer, once
+    /// per statement and server), so [`Session::forward_extended`] can tell whether the
+    /// client would decode rows of a shape it was never told.
+    async fn learn_shape_before_bind(&mut self, frame: &Bytes) -> Result<(), End> {
+        let b = protocol::parse_bind(frame)?;
+        let Some(cs) = self.stmts.get(b.statement) else {
+            return Ok(());
+        };
+        if b.statement.is_empty() || cs.told.is_none() || self.pending.skipping() {
+            return Ok(());
+        }
+        let def = cs.def.clone();
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if server.prepared.shape(def.id).is_some() {
+            return Ok(());
+        }
+        if server.prepared.touch(def.id) {
+            self.probe_shape(&def);
+        } else {
+            self.prepare_on_server(&def, true);
+        }
+        protocol::flush_msg(&mut self.sout);
+        self.pending.sent_flush();
+        self.awaiting_shape = Some(def.id);
+        self.flush_server().await?;
+        while self.awaiting_shape.is_some() && !self.pending.is_empty() {
+            let Some(server) = self.server.as_mut() else {
+                break;
+            };
+            let server: &mut crate::server::ServerConn = server;
+            protocol::read_room(&mut server.rbuf, 4096, 32 * 1024);
+            let read = tokio::io::AsyncReadExt::read_buf(&mut server.stream, &mut server.rbuf);
+            let n = super::session::watched("shape probe", read).await;
+            match n {
+                Ok(n) if n > 0 => self.on_server_data()?,
+                _ => self.server_lost(true)?,
+            }
+        }
+        self.awaiting_shape = None;
+        Ok(())
     }
 
     /// Make sure the named client statement exists on the server; returns its shared name.
@@ -120,7 +180,7 @@ impl Session {
         &mut self,
         client_name: &[u8],
     ) -> Option<std::sync::Arc<super::prepared::StmtDef>> {
-        let def = self.stmts.get(client_name)?.clone();
+        let def = self.stmts.get(client_name)?.def.clone();
         let present = self
             .server
             .as_mut()
@@ -197,6 +257,19 @@ impl Session {
                     return Ok(());
                 }
                 let text = protocol::query_text(&frame)?;
+                let sql = String::from_utf8_lossy(text);
+                if !self.sequence_state_here() && state::reads_sequence_state(&sql) {
+                    // Raised by the server, so a transaction fails as PostgreSQL's would.
+                    protocol::query(&mut self.sout, &refuse_sql(state::SEQUENCE_STATE));
+                    self.pending.sent(Owed::Query {
+                        set: None,
+                        ok: false,
+                    });
+                    return Ok(());
+                }
+                if state::may_set_sequence_state(&sql) {
+                    self.seq_set_here = true;
+                }
                 let set = maybe_set(text);
                 self.note_session_change(text);
                 let restore = self.startup_after_reset(text, set.as_ref());
@@ -277,6 +350,19 @@ impl Session {
                 } else if !self.need_server_extended().await? {
                     return Ok(());
                 }
+                if tag == b'B' && self.rewrite {
+                    let retry_armed = self.retry.is_some();
+                    self.learn_shape_before_bind(&frame).await?;
+                    if self.server.is_none() {
+                        // Lost while learning. A replica read's retry put the client's
+                        // messages (this one too) back in the input for the primary;
+                        // otherwise the client was told: skip to its Sync.
+                        if !(retry_armed && self.retry.is_none()) {
+                            self.skip_until_sync = true;
+                        }
+                        return Ok(());
+                    }
+                }
                 self.forward_extended(frame)
             }
             other => Err(End::Fatal(
@@ -307,7 +393,8 @@ impl Session {
             let info = self.route_info(p.query, p.param_types);
             self.routes.insert(p.name.to_vec(), info);
         }
-        self.stmts.insert(p.name.to_vec(), def);
+        self.stmts
+            .insert(p.name.to_vec(), super::prepared::ClientStmt::new(def));
         self.push_synthetic(Bytes::from_static(PARSE_COMPLETE));
         Ok(true)
     }
@@ -339,6 +426,9 @@ impl Session {
                 if p.name.is_empty() || !self.rewrite {
                     if p.name.is_empty() {
                         self.unnamed_set = set;
+                        let sql = String::from_utf8_lossy(p.query);
+                        self.unnamed_reads_sequence = state::reads_sequence_state(&sql);
+                        self.unnamed_sets_sequence = state::may_set_sequence_state(&sql);
                     }
                     self.sout.extend_from_slice(&frame);
                     self.pending.sent(Owed::Parse {
@@ -353,7 +443,10 @@ impl Session {
                 }
                 let def = super::prepared::registry()
                     .intern(frame.slice_ref(p.query), frame.slice_ref(p.param_types));
-                self.stmts.insert(p.name.to_vec(), def.clone());
+                self.stmts.insert(
+                    p.name.to_vec(),
+                    super::prepared::ClientStmt::new(def.clone()),
+                );
                 let present = self
                     .server
                     .as_mut()
@@ -367,17 +460,32 @@ impl Session {
             b'B' => {
                 let b = protocol::parse_bind(&frame)?;
                 let mut stmt = None;
+                let mut refuse = None;
                 if b.statement.is_empty() {
                     self.bound_set = self.unnamed_set.clone();
-                    self.sout.extend_from_slice(&frame);
+                    if self.unnamed_reads_sequence && !self.sequence_state_here() {
+                        refuse = Some(SEQUENCE_REFUSAL);
+                        protocol::bind_msg(&mut self.sout, b.portal, REFUSED, b.rest);
+                    } else {
+                        self.seq_set_here |= self.unnamed_sets_sequence;
+                        self.sout.extend_from_slice(&frame);
+                    }
                 } else if !self.rewrite {
                     self.sout.extend_from_slice(&frame);
                 } else {
                     match self.ensure_prepared(b.statement) {
+                        Some(def) if self.refusal(b.statement, &def).is_some() => {
+                            // Refused by the server (no such statement): nothing runs, the
+                            // server skips to Sync, and the client is told why instead.
+                            refuse = self.refusal(b.statement, &def);
+                            protocol::bind_msg(&mut self.sout, b.portal, REFUSED, b.rest);
+                            stmt = Some(def);
+                        }
                         Some(def) => {
                             if def.touches_session {
                                 self.note_session_change(&def.query);
                             }
+                            self.seq_set_here |= def.sets_sequence;
                             self.bound_set = maybe_set(&def.query);
                             protocol::bind_msg(&mut self.sout, b.portal, &def.name, b.rest);
                             stmt = Some(def);
@@ -385,24 +493,46 @@ impl Session {
                         None => self.sout.extend_from_slice(&frame),
                     }
                 }
+                self.bound_portal = stmt
+                    .as_ref()
+                    .map(|_| (b.portal.to_vec(), b.statement.to_vec()));
                 let retried = self.replaying;
                 self.pending.sent(Owed::Bind {
                     stmt,
                     frame,
                     retried,
+                    refuse,
                 });
             }
             b'D' => {
                 let (kind, name) = protocol::parse_target(&frame)?;
+                let mut stmt = None;
                 if kind == b'S' && !name.is_empty() && self.rewrite {
                     match self.ensure_prepared(name) {
-                        Some(def) => protocol::target_msg(&mut self.sout, b'D', b'S', &def.name),
+                        Some(def) => {
+                            protocol::target_msg(&mut self.sout, b'D', b'S', &def.name);
+                            stmt = Some(def);
+                        }
                         None => self.sout.extend_from_slice(&frame),
                     }
                 } else {
+                    if kind == b'P' {
+                        // A portal of a shared statement: its description tells the client
+                        // the statement's shape too.
+                        stmt = self
+                            .bound_portal
+                            .as_ref()
+                            .filter(|(p, _)| p == name)
+                            .and_then(|(_, n)| self.stmts.get(n))
+                            .map(|cs| cs.def.clone());
+                    }
                     self.sout.extend_from_slice(&frame);
                 }
-                self.pending.sent(Owed::Describe { frame });
+                self.pending.sent(Owed::Describe {
+                    frame,
+                    stmt,
+                    probe: false,
+                });
             }
             b'E' => {
                 self.sout.extend_from_slice(&frame);
@@ -417,6 +547,63 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The statement a Bind names when pgvane wants the server to refuse it (see
+/// `Owed::Bind::refuse`); pgvane never prepares a statement under a name with spaces.
+const REFUSED: &[u8] = b"pgvane refused statement";
+
+const SEQUENCE_REFUSAL: Refusal = Refusal {
+    code: "0A000",
+    message: state::SEQUENCE_STATE,
+};
+
+impl Session {
+    /// Why the client's statement `name` must not run on the held server, if it must not:
+    ///
+    /// - the client was told a result shape that differs from the shape the statement has
+    ///   now on this server: PostgreSQL would fail the Bind (the schema changed after the
+    ///   client's Parse), and running it would hand the client rows it decodes by the old
+    ///   description (not checked during a replay: the statement was just prepared again
+    ///   for a client that had not seen it);
+    /// - it reads sequence state (`currval`, `lastval`) this server connection does not hold
+    ///   for the client.
+    fn refusal(&self, name: &[u8], def: &super::prepared::StmtDef) -> Option<Refusal> {
+        if self.pending.skipping() {
+            return None;
+        }
+        let told = self.stmts.get(name).and_then(|c| c.told);
+        let now = self.server.as_ref().and_then(|s| s.prepared.shape(def.id));
+        if !self.replaying && matches!((told, now), (Some(t), Some(n)) if t != n) {
+            return Some(Refusal {
+                code: "0A000",
+                message: super::reply::RESULT_TYPE_CHANGED,
+            });
+        }
+        if def.reads_sequence && !self.sequence_state_here() {
+            return Some(SEQUENCE_REFUSAL);
+        }
+        None
+    }
+
+    /// The held server holds this client's sequence state (what `nextval` left for
+    /// `currval`/`lastval`): it is the client's session (session pooling, pinned), nobody
+    /// else used it since the client's last statement there, or a statement that may call
+    /// `nextval` already ran on it in this checkout.
+    pub(super) fn sequence_state_here(&self) -> bool {
+        self.ctx.mode == crate::config::PoolMode::Session
+            || self.pinned.is_some()
+            || self.seq_continuous
+            || self.seq_set_here
+    }
+}
+
+/// A statement the server fails with 0A000 and `message` (single quotes doubled).
+fn refuse_sql(message: &str) -> String {
+    format!(
+        "DO $pgvane$BEGIN RAISE EXCEPTION USING ERRCODE = 'feature_not_supported', MESSAGE = '{}'; END$pgvane$",
+        message.replace('\'', "''")
+    )
 }
 
 const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];

@@ -34,8 +34,38 @@ pub struct StmtDef {
     pub validated: AtomicBool,
     /// Running it may change session state (see `tracker::state::touches_session`).
     pub touches_session: bool,
+    /// It reads sequence state (`currval`, `lastval`), or may set it (`nextval` and the
+    /// statements that may call it); see `tracker::state`.
+    pub reads_sequence: bool,
+    pub sets_sequence: bool,
     /// The registry it is entered in, left when the last holder drops it.
     registry: &'static Registry,
+}
+
+/// A client's name for a shared statement, and what the client has learned of it since its
+/// Parse. PostgreSQL fixes a named statement's result shape at Parse: a later schema change
+/// that alters it fails the statement (0A000), while a statement parsed after the change
+/// just has the new shape. pgvane answers many Parses from a server's existing statement, so
+/// it tells the two cases apart by what the client has seen.
+#[derive(Debug, Clone)]
+pub struct ClientStmt {
+    pub def: Arc<StmtDef>,
+    /// The result shape ([`crate::protocol::row_shape`]) a Describe of the statement told
+    /// the client: it decodes rows by it.
+    pub told: Option<u64>,
+    /// A Describe or Bind of it succeeded: the client has seen the plan PostgreSQL would have
+    /// fixed at its Parse.
+    pub used: bool,
+}
+
+impl ClientStmt {
+    pub fn new(def: Arc<StmtDef>) -> ClientStmt {
+        ClientStmt {
+            def,
+            told: None,
+            used: false,
+        }
+    }
 }
 
 impl Drop for StmtDef {
@@ -88,15 +118,17 @@ impl Registry {
         // Own copies: a slice of the client's frame would keep its whole read buffer alive.
         let query = Bytes::copy_from_slice(&key.0);
         let param_types = Bytes::copy_from_slice(&key.1);
+        let text = String::from_utf8_lossy(&query);
+        use crate::client::tracker::state;
         let def = Arc::new(StmtDef {
             id,
             name,
             query: query.clone(),
             param_types: param_types.clone(),
             validated: AtomicBool::new(false),
-            touches_session: crate::client::tracker::state::touches_session(
-                &String::from_utf8_lossy(&query),
-            ),
+            touches_session: state::touches_session(&text),
+            reads_sequence: state::reads_sequence_state(&text),
+            sets_sequence: state::may_set_sequence_state(&text),
             registry: self,
         });
         map.insert(

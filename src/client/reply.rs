@@ -84,6 +84,9 @@ impl Session {
 
     /// Pass a server message to the client, with the bookkeeping of a replica read's retry.
     fn forward(&mut self, frame: Bytes) {
+        if frame[0] == b't' && std::mem::take(&mut self.skip_param_description) {
+            return;
+        }
         let simple_retry = self.retry.as_ref().is_some_and(|r| !r.extended);
         if frame[0] == b'T' && (simple_retry || self.skip_row_description) {
             if std::mem::take(&mut self.skip_row_description) {
@@ -105,6 +108,53 @@ impl Session {
             } => def
                 .validated
                 .store(true, std::sync::atomic::Ordering::Relaxed),
+            Owed::Bind {
+                stmt: Some(def),
+                frame: bind,
+                ..
+            } => {
+                if let Some(cs) = protocol::parse_bind(&bind)
+                    .ok()
+                    .and_then(|b| self.stmts.get_mut(b.statement))
+                    .filter(|cs| cs.def.id == def.id)
+                {
+                    cs.used = true;
+                }
+            }
+            Owed::Describe {
+                frame: describe,
+                stmt: Some(def),
+                probe,
+            } => {
+                let shape = protocol::row_shape(frame);
+                if let Some(server) = self.server.as_mut() {
+                    server.prepared.set_shape(def.id, shape);
+                }
+                if probe {
+                    if self.awaiting_shape == Some(def.id) {
+                        self.awaiting_shape = None;
+                    }
+                    return;
+                }
+                // The client's name: the statement described, or the one the portal was
+                // bound from.
+                let name = match protocol::parse_target(&describe) {
+                    Ok((b'S', name)) => Some(name.to_vec()),
+                    Ok((_, portal)) => self
+                        .bound_portal
+                        .as_ref()
+                        .filter(|(p, _)| p == portal)
+                        .map(|(_, n)| n.clone()),
+                    Err(_) => None,
+                };
+                if let Some(cs) = name
+                    .and_then(|n| self.stmts.get_mut(&n))
+                    .filter(|cs| cs.def.id == def.id)
+                {
+                    cs.told = Some(shape);
+                    cs.used = true;
+                }
+            }
             Owed::Execute { set, .. } if frame[0] == b'C' => {
                 self.note_tag(frame);
                 let t = protocol::command_tag(frame);
@@ -177,6 +227,17 @@ impl Session {
     }
 
     fn on_server_error(&mut self, frame: Bytes, skipped: Vec<Owed>) {
+        self.awaiting_shape = None;
+        let mut frame = frame;
+        if let Some(Owed::Bind {
+            refuse: Some(r), ..
+        }) = skipped.first()
+        {
+            // The Bind pgvane had the server refuse: the reason in its place.
+            let mut e = bytes::BytesMut::new();
+            protocol::error_response(&mut e, "ERROR", r.code, r.message);
+            frame = e.freeze();
+        }
         let fields = protocol::parse_error(&frame);
         self.forwarded += 1;
         crate::metrics::count_error(&self.ctx.database, &fields.code);
@@ -247,64 +308,114 @@ impl Session {
         });
     }
 
-    /// A schema change altered a shared statement's result type. The client described the
-    /// old shape, so it must see PostgreSQL's 0A000 (drivers such as asyncpg re-prepare on
-    /// it); replaying would hand it rows of a shape it was never told. The stale statement
-    /// is closed on this server so that the client's re-prepare gets the new shape here.
+    /// The first message the server skipped that the client sent (pgvane's own inline
+    /// Parse, shape probe or LRU Close before it are not the client's): with the shared
+    /// statement it names and the client's name for it.
+    fn failed_client_message<'a>(
+        &self,
+        skipped: &'a [Owed],
+    ) -> Option<(&'a Owed, std::sync::Arc<super::prepared::StmtDef>, Vec<u8>)> {
+        let o = skipped.iter().find(|o| {
+            !matches!(
+                o,
+                Owed::Parse { swallow: true, .. }
+                    | Owed::Close { swallow: true, .. }
+                    | Owed::Describe { probe: true, .. }
+            )
+        })?;
+        match o {
+            Owed::Bind {
+                stmt: Some(def),
+                frame,
+                refuse: None,
+                ..
+            } => {
+                let b = protocol::parse_bind(frame).ok()?;
+                Some((o, def.clone(), b.statement.to_vec()))
+            }
+            Owed::Describe {
+                stmt: Some(def),
+                frame,
+                probe: false,
+            } => {
+                let (_, name) = protocol::parse_target(frame).ok()?;
+                Some((o, def.clone(), name.to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The client has used its statement `name` (described it or bound it) since its Parse.
+    fn used_since_parse(&self, name: &[u8], def: &super::prepared::StmtDef) -> bool {
+        self.stmts
+            .get(name)
+            .is_none_or(|cs| cs.used || cs.def.id != def.id)
+    }
+
+    /// A schema change altered a shared statement's result type, and the client has used
+    /// its statement since its Parse, so PostgreSQL would fail it too: the client sees the
+    /// 0A000 (drivers such as asyncpg re-prepare on it). The stale statement is closed on
+    /// this server so that the client's re-prepare gets the new shape here.
     fn evict_changed_result_type(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) {
-        let changed = fields.code == "0A000"
-            && fields
-                .message
-                .contains("cached plan must not change result type");
-        let Some(Owed::Bind {
-            stmt: Some(def), ..
-        }) = skipped.first()
-        else {
-            return;
-        };
+        let changed = fields.code == "0A000" && fields.message.contains(RESULT_TYPE_CHANGED);
         if !changed || self.server.is_none() || self.pending.skipping() {
             return;
         }
+        let Some((_, def, _)) = self.failed_client_message(skipped) else {
+            return;
+        };
         // Queued behind the Sync the client already sent, answers swallowed. Its own Sync
         // makes the server send the CloseComplete (it flushes only at Sync or Flush) and
         // closes the batch, so the server can be released.
-        self.close_stale(def);
+        self.close_stale(&def);
         protocol::sync(&mut self.sout);
         self.pending.sent(Owed::SwallowReady);
     }
 
-    /// A shared statement this server lost (26000 for a `pgvane_` name, e.g. after a
-    /// DEALLOCATE): outside an explicit transaction, prepare it again and replay the client's
-    /// messages from the failing Bind, once, so the client never sees it.
+    /// A shared statement this server cannot run for the client, where PostgreSQL would have
+    /// run the client's statement: lost on this server (26000 for a `pgvane_` name, e.g.
+    /// after a DEALLOCATE), or prepared here before a schema change that altered its result
+    /// type while the client's own Parse came later (it has not used the statement since).
+    /// Outside an explicit transaction, prepare it again and replay the client's messages
+    /// from the failing one, once, so the client never sees it.
     fn try_reprepare(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) -> bool {
-        let stale = fields.code == "26000" && fields.message.contains("pgvane_");
+        let lost = fields.code == "26000" && fields.message.contains("pgvane_");
+        let changed = fields.code == "0A000" && fields.message.contains(RESULT_TYPE_CHANGED);
         // Only when the failed batch's Sync is the last thing owed: answers to anything
         // pipelined after it would otherwise overtake the replay.
-        if !stale
+        if !(lost || changed)
             || self.pending.tx() != TxStatus::Idle
             || self.pending.len() != 1
             || !matches!(self.pending.front(), Some(Owed::Sync))
         {
             return false;
         }
-        let Some(Owed::Bind {
-            stmt: Some(def),
-            retried: false,
-            ..
-        }) = skipped.first()
-        else {
+        let Some((first, def, name)) = self.failed_client_message(skipped) else {
             return false;
         };
+        if matches!(first, Owed::Bind { retried: true, .. }) {
+            return false;
+        }
+        if changed && self.used_since_parse(&name, &def) {
+            return false;
+        }
+        let from = skipped
+            .iter()
+            .position(|o| std::ptr::eq(o, first))
+            .unwrap_or(0);
+        // PostgreSQL sends a statement's ParameterDescription before it revalidates the
+        // result: the client has it already.
+        self.skip_param_description = changed && matches!(first, Owed::Describe { .. });
         let mut frames = Vec::new();
-        for o in skipped {
+        for o in &skipped[from..] {
             match o {
+                Owed::Describe { probe: true, .. } => {}
                 Owed::Bind { frame, .. }
-                | Owed::Describe { frame }
+                | Owed::Describe { frame, .. }
                 | Owed::Execute { frame, .. } => frames.push(frame.clone()),
                 _ => return false,
             }
         }
-        let def = def.clone();
         tracing::debug!(statement = %String::from_utf8_lossy(&def.name), "re-preparing stale statement");
         if !self.pending.swallow_head_ready() {
             return false;
@@ -321,3 +432,6 @@ impl Session {
         true
     }
 }
+
+/// PostgreSQL's message when a prepared statement's result shape changed (0A000).
+pub(super) const RESULT_TYPE_CHANGED: &str = "cached plan must not change result type";

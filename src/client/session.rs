@@ -17,7 +17,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::prepared::StmtDef;
 use super::route::{DeferredBegin, Role, Target};
 use super::tracker::{Owed, Pending, TxStatus};
 use crate::app::{
@@ -92,7 +91,9 @@ pub struct Session {
     pub(super) pending: Pending,
     /// Prepared statements rewritten to shared names (transaction/statement mode).
     pub(super) rewrite: bool,
-    pub(super) stmts: HashMap<Vec<u8>, Arc<StmtDef>>,
+    pub(super) stmts: HashMap<Vec<u8>, super::prepared::ClientStmt>,
+    /// A shape probe is in flight for this shared statement: client input waits for it.
+    pub(super) awaiting_shape: Option<u64>,
     /// Settings from `SET` statements (over the startup ones).
     pub(super) session_params: Params,
     /// startup + session settings: what every server must have for this client.
@@ -144,6 +145,19 @@ pub struct Session {
     /// The RowDescription of the read being retried already reached the client.
     pub(super) row_description_sent: bool,
     pub(super) skip_row_description: bool,
+    /// Sequence state (see `Session::sequence_state_here`): the server that holds it and
+    /// its checkout count when the client released it with the state intact; this checkout
+    /// continues that one; a statement that may call nextval ran in this checkout; the
+    /// unnamed statement reads or may set it.
+    pub(super) seq_home: Option<(u64, u64)>,
+    pub(super) seq_continuous: bool,
+    pub(super) seq_set_here: bool,
+    pub(super) unnamed_reads_sequence: bool,
+    pub(super) unnamed_sets_sequence: bool,
+    /// A replayed statement Describe: the client already got its ParameterDescription.
+    pub(super) skip_param_description: bool,
+    /// The last portal bound from a named shared statement: (portal, the client's name).
+    pub(super) bound_portal: Option<(Vec<u8>, Vec<u8>)>,
     /// The batch just routed was run as an extended-protocol fan-out.
     pub(super) fanned_out: bool,
     /// Room reserved in `max_buffered_bytes` for the large message being read.
@@ -213,6 +227,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         pending: Pending::new(),
         rewrite,
         stmts: HashMap::new(),
+        awaiting_shape: None,
         session_params: Params::default(),
         effective,
         skip_until_sync: false,
@@ -243,6 +258,13 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         force_primary: false,
         row_description_sent: false,
         skip_row_description: false,
+        skip_param_description: false,
+        seq_home: None,
+        seq_continuous: false,
+        seq_set_here: false,
+        unnamed_reads_sequence: false,
+        unnamed_sets_sequence: false,
+        bound_portal: None,
         fanned_out: false,
         input_permit: None,
         change: super::tracker::state::Change::None,
@@ -435,7 +457,7 @@ impl Session {
     }
 
     /// Handle every complete frame the server has sent.
-    fn on_server_data(&mut self) -> Result<(), End> {
+    pub(super) fn on_server_data(&mut self) -> Result<(), End> {
         loop {
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
@@ -552,7 +574,9 @@ impl Session {
         let mut refused = 0;
         let conn = loop {
             let pool = self.pool_for(target.as_ref());
-            let got = watched("pool.get", Box::pin(pool.get())).await;
+            // The server this client released last, if idle: its sequence state is there.
+            let prefer = self.seq_home.map(|(id, _)| id);
+            let got = watched("pool.get", Box::pin(pool.get_prefer(prefer))).await;
             self.ctx
                 .info
                 .state
@@ -609,6 +633,8 @@ impl Session {
             self.client_error(failure.0, &failure.1);
             return Ok(false);
         };
+        self.seq_continuous = self.seq_home == Some((conn.id, conn.checkouts.wrapping_sub(1)));
+        self.seq_set_here = false;
         if let Ok(mut slot) = self.ctx.cancel_slot.lock() {
             *slot = Some(CancelTarget {
                 addr: conn.addr.clone(),
@@ -795,6 +821,11 @@ impl Session {
         if let Some(mut conn) = self.server.take() {
             self.account(&mut conn);
             self.clear_cancel();
+            if self.sequence_state_here() {
+                // The client's sequence state is on this server, as long as nobody else
+                // checks it out before the client does again.
+                self.seq_home = Some((conn.id, conn.checkouts));
+            }
             let pool = conn.pool.clone();
             pool.put(conn);
         }

@@ -70,7 +70,7 @@ impl Session {
             b'B' => protocol::parse_bind(f).is_ok_and(|b| {
                 self.stmts
                     .get(b.statement)
-                    .is_some_and(|d| is_copy(&d.query))
+                    .is_some_and(|d| is_copy(&d.def.query))
             }),
             _ => false,
         });
@@ -94,7 +94,10 @@ impl Session {
                     if !p.name.is_empty() {
                         let def = crate::client::prepared::registry()
                             .intern(f.slice_ref(p.query), f.slice_ref(p.param_types));
-                        self.stmts.insert(p.name.to_vec(), def);
+                        self.stmts.insert(
+                            p.name.to_vec(),
+                            crate::client::prepared::ClientStmt::new(def),
+                        );
                         let info = self.route_info(p.query, p.param_types);
                         self.routes.insert(p.name.to_vec(), info);
                     }
@@ -110,7 +113,7 @@ impl Session {
                         (name.to_vec(), kind == b'P')
                     };
                     if !portal_describe && unnamed_holds.as_deref() != Some(&stmt[..]) {
-                        let Some(def) = self.stmts.get(&stmt).cloned() else {
+                        let Some(def) = self.stmts.get(&stmt).map(|c| c.def.clone()) else {
                             self.client_error(
                                 "26000",
                                 &format!(

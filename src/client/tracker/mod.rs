@@ -8,4 +8,4 @@
 pub mod pending;
 pub mod state;
 
-pub use pending::{Copy, Desync, Owed, Pending, Step, TxStatus};
+pub use pending::{Copy, Desync, Owed, Pending, Refusal, Step, TxStatus};

@@ -53,6 +53,15 @@ impl TxStatus {
     }
 }
 
+/// Why pgvane must not run a client's Bind on the held server: the statement's result shape
+/// changed since the client was told it (PostgreSQL's 0A000), or it reads sequence state
+/// that lives on another server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
 /// One response (or response sequence) the server owes, in the order the messages were sent.
 #[derive(Debug)]
 pub enum Owed {
@@ -69,15 +78,22 @@ pub enum Owed {
         swallow: bool,
     },
     /// Bind; `stmt` is the shared statement (for a transparent re-prepare), `frame` the
-    /// client's original message, `retried` once it was replayed.
+    /// client's original message, `retried` once it was replayed. `refuse`: pgvane sent a
+    /// Bind the server refuses (nothing runs, it skips to Sync) and the client is told this
+    /// error instead (see [`Refusal`]).
     Bind {
         stmt: Option<Arc<StmtDef>>,
         frame: Bytes,
         retried: bool,
+        refuse: Option<Refusal>,
     },
-    /// Describe of a statement ('S': ParameterDescription first) or a portal.
+    /// Describe of a statement ('S': ParameterDescription first) or a portal. `stmt`: the
+    /// shared statement described (its shape is recorded); `probe`: pgvane's own, to learn
+    /// the shape (answers swallowed).
     Describe {
         frame: Bytes,
+        stmt: Option<Arc<StmtDef>>,
+        probe: bool,
     },
     Execute {
         set: Option<SetCmd>,
@@ -436,12 +452,14 @@ impl Pending {
                 b'2' => true,
                 _ => return self.fail(tag),
             },
-            Owed::Describe { frame: d } => {
+            Owed::Describe {
+                frame: d, probe, ..
+            } => {
                 let statement = d.get(5) == Some(&b'S');
                 match tag {
                     b't' if statement && !self.described_params => {
                         self.described_params = true;
-                        return Ok(Step::Forward);
+                        return Ok(if *probe { Step::Swallow } else { Step::Forward });
                     }
                     b'T' | b'n' if !statement || self.described_params => {
                         self.described_params = false;
@@ -485,7 +503,9 @@ impl Pending {
         };
         let swallow = matches!(
             owed,
-            Owed::Parse { swallow: true, .. } | Owed::Close { swallow: true, .. }
+            Owed::Parse { swallow: true, .. }
+                | Owed::Close { swallow: true, .. }
+                | Owed::Describe { probe: true, .. }
         );
         Ok(if swallow {
             Step::SwallowDone(owed)

@@ -27,6 +27,8 @@ fn error() -> Vec<u8> {
 fn describe(kind: u8) -> Owed {
     Owed::Describe {
         frame: Bytes::from(msg(b'D', &[kind, 0])),
+        stmt: None,
+        probe: false,
     }
 }
 
@@ -42,6 +44,7 @@ fn bind() -> Owed {
         stmt: None,
         frame: Bytes::new(),
         retried: false,
+        refuse: None,
     }
 }
 
@@ -218,6 +221,45 @@ fn describe_statement_and_portal_and_unknown_names() {
     p.sent(describe(b'P'));
     assert_eq!(feed(&mut p, &[msg(b't', &[0, 0])]), "!");
     assert!(!p.reusable());
+}
+
+#[test]
+fn a_shape_probe_is_swallowed_and_answers_in_order() {
+    // pgvane's inline Parse and Describe before the client's Bind, all before one Flush.
+    let mut p = Pending::new();
+    p.sent(Owed::Parse {
+        stmt: None,
+        swallow: true,
+    });
+    p.sent(Owed::Describe {
+        frame: Bytes::from(msg(b'D', &[b'S', 0])),
+        stmt: None,
+        probe: true,
+    });
+    p.sent(bind());
+    p.sent(Owed::Sync);
+    let t = feed(
+        &mut p,
+        &[
+            msg(b'1', &[]),
+            msg(b't', &[0, 0]),
+            msg(b'T', &[0, 0]),
+            msg(b'2', &[]),
+            ready(b'I'),
+        ],
+    );
+    assert_eq!(t, "sSsfR");
+    assert!(p.reusable());
+    // A probe of a statement that fails (stale): the error skips the client's Bind too.
+    p.sent(Owed::Describe {
+        frame: Bytes::from(msg(b'D', &[b'S', 0])),
+        stmt: None,
+        probe: true,
+    });
+    p.sent(bind());
+    p.sent(Owed::Sync);
+    assert_eq!(feed(&mut p, &[error(), ready(b'I')]), "E2R");
+    assert!(p.reusable());
 }
 
 #[test]

@@ -242,6 +242,36 @@ pub fn changes_beyond_unpinning(sql: &str) -> bool {
     scan(sql, false)
 }
 
+/// Does it read the session's sequence state (`currval`, `lastval`)? That state lives in
+/// the server session where `nextval` ran and cannot be carried to another server.
+pub fn reads_sequence_state(sql: &str) -> bool {
+    words_of(sql).any(|w| {
+        let f = w.rsplit('.').next().unwrap_or(w);
+        f.eq_ignore_ascii_case("currval") || f.eq_ignore_ascii_case("lastval")
+    })
+}
+
+/// May it set the session's sequence state: call `nextval`/`setval` by name, or be a
+/// statement whose column defaults or triggers may call them?
+pub fn may_set_sequence_state(sql: &str) -> bool {
+    let mut first = true;
+    words_of(sql).any(|w| {
+        let f = w.rsplit('.').next().unwrap_or(w);
+        let hit = f.eq_ignore_ascii_case("nextval")
+            || f.eq_ignore_ascii_case("setval")
+            || (first
+                && ["insert", "copy", "merge", "call", "do", "update", "execute"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k)));
+        first = w == ";";
+        hit
+    })
+}
+
+/// Why a statement reading sequence state is refused on a server connection the client
+/// does not own.
+pub const SEQUENCE_STATE: &str = "currval() and lastval() read the state of the server session where nextval() ran, and this transaction runs on another pooled server connection: call them in the same transaction as nextval(), use INSERT ... RETURNING, or use session pooling (or pin_session_state)";
+
 fn scan(sql: &str, with_unpinning: bool) -> bool {
     let mut at_start = true;
     // Words left in which `create` may still be followed by TEMP/TEMPORARY.
@@ -470,6 +500,25 @@ pub fn custom_names(sql: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequence_state_reads_are_found_outside_literals() {
+        assert!(reads_sequence_state("SELECT lastval()"));
+        assert!(reads_sequence_state("select CURRVAL('s'::regclass)"));
+        assert!(reads_sequence_state(
+            "INSERT INTO t VALUES (pg_catalog.currval('s'))"
+        ));
+        assert!(!reads_sequence_state("SELECT 'lastval()'"));
+        assert!(!reads_sequence_state("SELECT nextval('s') -- then lastval"));
+        assert!(!reads_sequence_state("SELECT lastvalue FROM t"));
+        assert!(may_set_sequence_state("SELECT nextval('s')"));
+        assert!(may_set_sequence_state("insert into t default values"));
+        assert!(may_set_sequence_state("SELECT 1; INSERT INTO t VALUES (1)"));
+        assert!(!may_set_sequence_state(
+            "SELECT * FROM t WHERE note = 'insert'"
+        ));
+        assert!(!may_set_sequence_state("SELECT lastval()"));
+    }
 
     #[test]
     fn the_common_path_is_not_flagged() {
