@@ -50,33 +50,39 @@ stop_pgvane() {
     if [ -n "$VANE_PID" ]; then kill "$VANE_PID" 2>/dev/null || true; wait "$VANE_PID" 2>/dev/null || true; fi
     VANE_PID=""
 }
-cleanup() {
-    trap - EXIT INT TERM
-    stop_pgvane
+stop_pg() {
     if [ -n "$PG_PID" ]; then
         kill -INT "$PG_PID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 300); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
     fi
-    cp "$RUN/postgresql.log" "$WORK/logs/" 2>/dev/null || true
+    PG_PID=""
+}
+cleanup() {
+    trap - EXIT INT TERM
+    stop_pgvane; stop_pg
     rm -rf "$RUN"
 }
 trap cleanup EXIT INT TERM
 
-# --- PostgreSQL: every test user is a superuser; databases the suites connect to exist -------
-echo "== PostgreSQL ($PG_BIN) on 127.0.0.1:$PG_PORT"
-runuser -u postgres -- "$PG_BIN/initdb" -D "$RUN/pg" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$RUN/initdb.log"
-cat >>"$RUN/pg/postgresql.conf" <<CONF
+# --- PostgreSQL, a new cluster for each suite run so that no run sees another's leftovers ---
+# (databases or roles a suite failed to drop). Every test user is a superuser.
+start_pg() {
+    rm -rf "$RUN/pg"
+    runuser -u postgres -- "$PG_BIN/initdb" -D "$RUN/pg" -U postgres --auth=trust -E UTF8 \
+        --locale=C.UTF-8 >"$RUN/initdb.log"
+    cat >>"$RUN/pg/postgresql.conf" <<CONF
 port = $PG_PORT
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$RUN'
 max_connections = 300
 max_prepared_transactions = 10
 CONF
-runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$RUN/pg" -l "$RUN/postgresql.log" -w start >/dev/null
-PG_PID="$(head -1 "$RUN/pg/postmaster.pid")"
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
-    -c "CREATE ROLE psy LOGIN SUPERUSER" -c "CREATE DATABASE psy_test OWNER psy" \
-    -c "CREATE ROLE np LOGIN SUPERUSER" -c "CREATE DATABASE np_test OWNER np"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$RUN/pg" -l "$RUN/postgresql.log" -w start >/dev/null
+    PG_PID="$(head -1 "$RUN/pg/postmaster.pid")"
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "CREATE ROLE psy LOGIN SUPERUSER" -c "CREATE DATABASE psy_test OWNER psy" \
+        -c "CREATE ROLE np LOGIN SUPERUSER" -c "CREATE DATABASE np_test OWNER np"
+}
 
 # --- pgvane: one config per mode listing every user and database the suites use -------------
 USERS=(postgres psy np pooluser)
@@ -181,9 +187,11 @@ run_asyncpg() {
 for d in "${DRIVERS[@]}"; do
     echo "== $d: setup"; "setup_$d"
     for m in $MODES; do
-        echo "== $d: $m"
+        echo "== $d: $m (PostgreSQL $PG_BIN on port $PG_PORT, pgvane on $VANE_PORT)"
+        start_pg
         if [ "$m" = direct ]; then "run_$d" direct "$PG_PORT"
         else start_pgvane "$m" "$d"; "run_$d" "$m" "$VANE_PORT"; stop_pgvane; fi
+        stop_pg; cp "$RUN/postgresql.log" "$WORK/logs/postgresql-$d-$m.log"
     done
 done
 
