@@ -111,6 +111,7 @@ start_pgvane() { # mode driver
 
 # junit XML -> "test<TAB>pass|fail|skip" lines
 junit_tsv() {
+    [ -s "$1" ] || { echo "no test results in $1 (see ${1%.xml}.out)" >&2; return; }
     python3 - "$1" <<'PY'
 import sys, xml.etree.ElementTree as ET
 for tc in ET.parse(sys.argv[1]).iter("testcase"):
@@ -136,8 +137,8 @@ setup_psycopg() {
 }
 run_psycopg() {
     local out="$WORK/logs/psycopg-$1"
-    (cd "$PSYCOPG_SRC" && "$WORK/venv-psycopg/bin/pytest" tests -m "not slow" -p no:randomly \
-        -p no:cacheprovider --timeout "$TEST_TIMEOUT" -q -rfE \
+    (cd "$PSYCOPG_SRC" && rm -rf .pytest_cache && "$WORK/venv-psycopg/bin/pytest" tests \
+        -m "not slow" -p no:randomly --timeout "$TEST_TIMEOUT" -q -rfE \
         --test-dsn "host=127.0.0.1 port=$2 user=psy dbname=psy_test" \
         --junitxml="$out.xml" >"$out.out" 2>&1) || true
     junit_tsv "$out.xml" >"$WORK/results/psycopg-$1.tsv"
