@@ -18,7 +18,8 @@
 #                  default $WORK/src/psycopg, cloned from GitHub when missing
 #   NODE_PG_SRC    node-postgres source tree (default $WORK/src/node-postgres, cloned at
 #                  $NODE_PG_REF, default pg@8.23.0, when missing); npm install runs when needed
-# asyncpg's tests come from its PyPI sdist. Results: $WORK/results/<driver>-<mode>.tsv
+# asyncpg's tests come from its PyPI sdist; its tests that start clusters of their own (standby,
+# target_session_attrs) fail in every mode when run as root. Results: $WORK/results/<driver>-<mode>.tsv
 # (test, pass|fail|skip), logs in $WORK/logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
