@@ -231,3 +231,102 @@ async fn a_second_name_for_the_same_text_after_the_table_changed_works() {
     let through = two_names_one_text(p.port(), "shape3");
     assert_eq!(through, direct, "through pgvane\n{}", p.log());
 }
+
+/// asyncpg's habit: prepare with Parse, Describe, Flush (its Sync comes after the answer),
+/// and a domain dropped and created again (a new type OID) between two clients' prepares.
+fn prepare_after_type_recreated(port: u16, db: &str) -> Vec<String> {
+    let prepare = |w: &mut Wire, name: &str| -> String {
+        w.send_all(&[
+            wire::parse(name, "SELECT $1::shape_d"),
+            wire::describe(b'S', name),
+            wire::flush(),
+        ]);
+        let mut got = Vec::new();
+        while let Some(m) = w.recv(Duration::from_secs(5)) {
+            let end = matches!(m.tag, b'T' | b'n' | b'E');
+            got.push(m);
+            if end {
+                break;
+            }
+        }
+        w.send(&wire::sync());
+        got.extend(w.until_ready(Duration::from_secs(10)));
+        let param = got
+            .iter()
+            .find(|m| m.tag == b't')
+            .map(|m| u32::from_be_bytes([m.body[2], m.body[3], m.body[4], m.body[5]]));
+        let err = got
+            .iter()
+            .find_map(|m| if m.tag == b'E' { m.code() } else { None });
+        let typ = param.map(|oid| {
+            let mut q = Wire::login(port, USER, db);
+            q.simple(&format!("SELECT typname FROM pg_type WHERE oid = {oid}"))
+                .join(",")
+        });
+        format!(
+            "{} param {} {}",
+            wire::tags(&got),
+            typ.unwrap_or_default(),
+            err.unwrap_or_default()
+        )
+    };
+    let mut a = Wire::login(port, USER, db);
+    a.simple("DROP DOMAIN IF EXISTS shape_d");
+    a.simple("CREATE DOMAIN shape_d AS int");
+    let first = prepare(&mut a, "a1");
+    a.simple("DROP DOMAIN shape_d");
+    a.simple("CREATE DOMAIN shape_d AS int");
+    drop(a);
+    let mut b = Wire::login(port, USER, db);
+    vec![first, prepare(&mut b, "b1")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_after_a_type_was_created_again_sees_the_new_type() {
+    setup_db("shape4");
+    let direct = prepare_after_type_recreated(shared().port(), "shape4");
+    assert_eq!(
+        direct,
+        ["1tTZ param shape_d ", "1tTZ param shape_d "],
+        "PostgreSQL's answers"
+    );
+    let p = start("shape4");
+    let through = prepare_after_type_recreated(p.port(), "shape4");
+    assert_eq!(through, direct, "through pgvane\n{}", p.log());
+}
+
+/// The unnamed statement lives until the client's next Parse of it or simple Query, across
+/// transactions (asyncpg introspects types between its Describe and Bind). Another client's
+/// simple query on the shared server destroys the server's copy; the client must not notice.
+fn unnamed_across_transactions(port: u16, db: &str) -> String {
+    let mut a = Wire::login(port, USER, db);
+    let mut b = Wire::login(port, USER, db);
+    a.send_all(&[
+        wire::parse("", "SELECT 41 + 1"),
+        wire::describe(b'S', ""),
+        wire::sync(),
+    ]);
+    let prep = wire::tags(&a.until_ready(Duration::from_secs(10)));
+    b.simple("SELECT 1");
+    a.send_all(&[wire::bind("", "", &[]), wire::execute("", 0), wire::sync()]);
+    let run = a.until_ready(Duration::from_secs(10));
+    let v = run
+        .iter()
+        .find(|m| m.tag == b'D')
+        .and_then(|m| m.first_value());
+    format!("{prep} {} {}", wire::tags(&run), v.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_survives_another_clients_query_on_the_server() {
+    setup_db("shape5");
+    let direct = unnamed_across_transactions(shared().port(), "shape5");
+    assert_eq!(direct, "1tTZ 2DCZ 42", "PostgreSQL's answers");
+    let p = start("shape5");
+    assert_eq!(
+        unnamed_across_transactions(p.port(), "shape5"),
+        direct,
+        "through pgvane\n{}",
+        p.log()
+    );
+}

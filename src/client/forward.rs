@@ -175,6 +175,53 @@ impl Session {
         Ok(())
     }
 
+    /// The client's unnamed statement was parsed on another server connection (or before
+    /// pgvane's own queries on this one): parse it here again, answer swallowed, so a Bind
+    /// or Describe of it finds it as on the client's own connection.
+    fn ensure_unnamed(&mut self) {
+        if self.unnamed_here || self.pending.skipping() || !self.rewrite {
+            return;
+        }
+        let Some((query, types)) = self.unnamed_stmt.clone() else {
+            return;
+        };
+        protocol::parse_msg(&mut self.sout, b"", &query, &types);
+        self.pending.sent(Owed::Parse {
+            stmt: None,
+            swallow: true,
+        });
+        self.unnamed_here = true;
+    }
+
+    /// The first Describe of a client statement whose Parse pgvane answered from a server's
+    /// existing copy: PostgreSQL would describe a statement parsed now, and parameter types
+    /// are fixed when a statement is parsed (a type created again, a column whose type
+    /// changed, would otherwise show the old ones). So the copy on this server is parsed
+    /// again first (pipelined, answers swallowed).
+    fn prepare_afresh_for_describe(&mut self, name: &[u8]) {
+        if self.replaying || self.pending.skipping() {
+            return;
+        }
+        let Some(server_id) = self.server.as_ref().map(|s| s.id) else {
+            return;
+        };
+        let Some(cs) = self.stmts.get_mut(name) else {
+            return;
+        };
+        if cs.used || cs.fresh_on == Some(server_id) {
+            return;
+        }
+        cs.fresh_on = Some(server_id);
+        let def = cs.def.clone();
+        if self
+            .server
+            .as_mut()
+            .is_some_and(|s| s.prepared.touch(def.id))
+        {
+            self.close_stale(&def);
+        }
+    }
+
     /// Make sure the named client statement exists on the server; returns its shared name.
     fn ensure_prepared(
         &mut self,
@@ -257,6 +304,8 @@ impl Session {
                     return Ok(());
                 }
                 let text = protocol::query_text(&frame)?;
+                // A simple Query destroys the unnamed statement (PostgreSQL's rule).
+                self.unnamed_stmt = None;
                 let sql = String::from_utf8_lossy(text);
                 if !self.sequence_state_here() && state::reads_sequence_state(&sql) {
                     // Raised by the server, so a transaction fails as PostgreSQL's would.
@@ -284,6 +333,7 @@ impl Session {
                 Ok(())
             }
             b'S' => {
+                self.batch_executed = false;
                 if self.server.is_none() {
                     self.drain_synthetic();
                     protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
@@ -426,6 +476,11 @@ impl Session {
                 if p.name.is_empty() || !self.rewrite {
                     if p.name.is_empty() {
                         self.unnamed_set = set;
+                        if self.rewrite {
+                            self.unnamed_stmt =
+                                Some((frame.slice_ref(p.query), frame.slice_ref(p.param_types)));
+                            self.unnamed_here = true;
+                        }
                         let sql = String::from_utf8_lossy(p.query);
                         self.unnamed_reads_sequence = state::reads_sequence_state(&sql);
                         self.unnamed_sets_sequence = state::may_set_sequence_state(&sql);
@@ -455,6 +510,10 @@ impl Session {
                     self.push_synthetic(Bytes::from_static(PARSE_COMPLETE));
                 } else {
                     self.prepare_on_server(&def, false);
+                    let id = self.server.as_ref().map(|s| s.id);
+                    if let Some(cs) = self.stmts.get_mut(p.name) {
+                        cs.fresh_on = id;
+                    }
                 }
             }
             b'B' => {
@@ -462,6 +521,7 @@ impl Session {
                 let mut stmt = None;
                 let mut refuse = None;
                 if b.statement.is_empty() {
+                    self.ensure_unnamed();
                     self.bound_set = self.unnamed_set.clone();
                     if self.unnamed_reads_sequence && !self.sequence_state_here() {
                         refuse = Some(SEQUENCE_REFUSAL);
@@ -507,7 +567,11 @@ impl Session {
             b'D' => {
                 let (kind, name) = protocol::parse_target(&frame)?;
                 let mut stmt = None;
+                if kind == b'S' && name.is_empty() {
+                    self.ensure_unnamed();
+                }
                 if kind == b'S' && !name.is_empty() && self.rewrite {
+                    self.prepare_afresh_for_describe(name);
                     match self.ensure_prepared(name) {
                         Some(def) => {
                             protocol::target_msg(&mut self.sout, b'D', b'S', &def.name);
@@ -535,6 +599,7 @@ impl Session {
                 });
             }
             b'E' => {
+                self.batch_executed = true;
                 self.sout.extend_from_slice(&frame);
                 let set = self.bound_set.take();
                 self.pending.sent(Owed::Execute { set, frame });

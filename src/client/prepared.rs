@@ -56,6 +56,8 @@ pub struct ClientStmt {
     /// A Describe or Bind of it succeeded: the client has seen the plan PostgreSQL would have
     /// fixed at its Parse.
     pub used: bool,
+    /// The server connection (id) where pgvane prepared it afresh for this client's Parse.
+    pub fresh_on: Option<u64>,
 }
 
 impl ClientStmt {
@@ -64,6 +66,7 @@ impl ClientStmt {
             def,
             told: None,
             used: false,
+            fresh_on: None,
         }
     }
 }

@@ -297,7 +297,7 @@ impl Session {
 
     /// Close a stale shared statement on the held server (answer swallowed) and forget it
     /// there.
-    fn close_stale(&mut self, def: &super::prepared::StmtDef) {
+    pub(super) fn close_stale(&mut self, def: &super::prepared::StmtDef) {
         if let Some(server) = self.server.as_mut() {
             server.prepared.remove(def.id);
         }
@@ -357,13 +357,27 @@ impl Session {
     /// 0A000 (drivers such as asyncpg re-prepare on it). The stale statement is closed on
     /// this server so that the client's re-prepare gets the new shape here.
     fn evict_changed_result_type(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) {
-        let changed = fields.code == "0A000" && fields.message.contains(RESULT_TYPE_CHANGED);
-        if !changed || self.server.is_none() || self.pending.skipping() {
+        if !stale_plan(fields) || self.server.is_none() {
             return;
         }
         let Some((_, def, _)) = self.failed_client_message(skipped) else {
             return;
         };
+        if self.pending.skipping() {
+            if !self.pending.is_empty() {
+                return;
+            }
+            // The client has not sent its Sync (Parse/Describe/Flush): end the failed batch
+            // with pgvane's own (answer swallowed), close the stale statement, and drop what
+            // the client sends up to its Sync, as the server would have skipped it.
+            protocol::sync(&mut self.sout);
+            self.pending.sent(Owed::SwallowReady);
+            self.close_stale(&def);
+            protocol::flush_msg(&mut self.sout);
+            self.pending.sent_flush();
+            self.skip_until_sync = true;
+            return;
+        }
         // Queued behind the Sync the client already sent, answers swallowed. Its own Sync
         // makes the server send the CloseComplete (it flushes only at Sync or Flush) and
         // closes the batch, so the server can be released.
@@ -380,14 +394,14 @@ impl Session {
     /// from the failing one, once, so the client never sees it.
     fn try_reprepare(&mut self, fields: &protocol::ErrorFields, skipped: &[Owed]) -> bool {
         let lost = fields.code == "26000" && fields.message.contains("pgvane_");
-        let changed = fields.code == "0A000" && fields.message.contains(RESULT_TYPE_CHANGED);
-        // Only when the failed batch's Sync is the last thing owed: answers to anything
-        // pipelined after it would otherwise overtake the replay.
-        if !(lost || changed)
-            || self.pending.tx() != TxStatus::Idle
-            || self.pending.len() != 1
-            || !matches!(self.pending.front(), Some(Owed::Sync))
-        {
+        let changed = stale_plan(fields);
+        // Only when the failed batch's Sync is the last thing owed (answers to anything
+        // pipelined after it would otherwise overtake the replay), or when the client has
+        // not sent that Sync yet (Parse/Describe/Flush, as asyncpg prepares) and nothing of
+        // the batch was executed, so pgvane may end it with a Sync of its own.
+        let sync_owed = self.pending.len() == 1 && matches!(self.pending.front(), Some(Owed::Sync));
+        let flushed = self.pending.is_empty() && !self.batch_executed;
+        if !(lost || changed) || self.pending.tx() != TxStatus::Idle || !(sync_owed || flushed) {
             return false;
         }
         let Some((first, def, name)) = self.failed_client_message(skipped) else {
@@ -417,8 +431,14 @@ impl Session {
             }
         }
         tracing::debug!(statement = %String::from_utf8_lossy(&def.name), "re-preparing stale statement");
-        if !self.pending.swallow_head_ready() {
-            return false;
+        if sync_owed {
+            if !self.pending.swallow_head_ready() {
+                return false;
+            }
+        } else {
+            // End the failed batch here (answer swallowed); the client's Sync comes later.
+            protocol::sync(&mut self.sout);
+            self.pending.sent(Owed::SwallowReady);
         }
         self.close_stale(&def);
         self.replaying = true;
@@ -427,10 +447,23 @@ impl Session {
             let _ = self.forward_extended(f);
         }
         self.replaying = false;
-        protocol::sync(&mut self.sout);
-        self.pending.sent(Owed::Sync);
+        if sync_owed {
+            protocol::sync(&mut self.sout);
+            self.pending.sent(Owed::Sync);
+        } else {
+            protocol::flush_msg(&mut self.sout);
+            self.pending.sent_flush();
+        }
         true
     }
+}
+
+/// A statement prepared before a schema change that PostgreSQL cannot run any more: its
+/// result type changed (0A000), or a type it was planned with is gone (XX000 "cache lookup
+/// failed for type", e.g. a domain dropped and created again).
+fn stale_plan(fields: &protocol::ErrorFields) -> bool {
+    (fields.code == "0A000" && fields.message.contains(RESULT_TYPE_CHANGED))
+        || (fields.code == "XX000" && fields.message.starts_with("cache lookup failed for type"))
 }
 
 /// PostgreSQL's message when a prepared statement's result shape changed (0A000).

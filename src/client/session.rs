@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -154,6 +154,12 @@ pub struct Session {
     pub(super) seq_set_here: bool,
     pub(super) unnamed_reads_sequence: bool,
     pub(super) unnamed_sets_sequence: bool,
+    /// An Execute was sent since the client's last Sync.
+    pub(super) batch_executed: bool,
+    /// The client's unnamed statement (text, parameter types) and whether the held server
+    /// has it: PostgreSQL keeps it across transactions, a pooled server may not.
+    pub(super) unnamed_stmt: Option<(Bytes, Bytes)>,
+    pub(super) unnamed_here: bool,
     /// A replayed statement Describe: the client already got its ParameterDescription.
     pub(super) skip_param_description: bool,
     /// The last portal bound from a named shared statement: (portal, the client's name).
@@ -259,6 +265,9 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         row_description_sent: false,
         skip_row_description: false,
         skip_param_description: false,
+        batch_executed: false,
+        unnamed_stmt: None,
+        unnamed_here: false,
         seq_home: None,
         seq_continuous: false,
         seq_set_here: false,
@@ -633,6 +642,7 @@ impl Session {
             self.client_error(failure.0, &failure.1);
             return Ok(false);
         };
+        self.unnamed_here = false;
         self.seq_continuous = self.seq_home == Some((conn.id, conn.checkouts.wrapping_sub(1)));
         self.seq_set_here = false;
         if let Ok(mut slot) = self.ctx.cancel_slot.lock() {
