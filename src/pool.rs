@@ -289,8 +289,13 @@ impl Pool {
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         loop {
             let candidate = self.idle.lock().ok().and_then(|mut v| {
+                // The preferred one; else the most recently used that holds no other
+                // client's sequence state; else the most recently used.
                 let want = prefer.take();
-                match want.and_then(|id| v.iter().rposition(|c| c.id == id)) {
+                let at = want
+                    .and_then(|id| v.iter().rposition(|c| c.id == id))
+                    .or_else(|| v.iter().rposition(|c| c.seq_owner == 0));
+                match at {
                     Some(i) => Some(v.remove(i)),
                     None => v.pop(),
                 }
@@ -323,6 +328,7 @@ impl Pool {
             }
             self.stats.active.fetch_add(1, Ordering::Relaxed);
             conn.checkouts += 1;
+            conn.seq_owner = 0;
             return Ok(PooledConn {
                 conn: Some(conn),
                 pool: self.clone(),

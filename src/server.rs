@@ -196,6 +196,8 @@ pub struct ServerConn {
     /// Times a client checked it out (a client's sequence state survives only if nobody
     /// else had it in between).
     pub checkouts: u64,
+    /// The client (id) whose sequence state it holds, 0 if none: others take it last.
+    pub seq_owner: u64,
     /// The last message types exchanged, for the log when the connection goes out of step.
     pub trace: Trace,
     /// NotificationResponses that arrived while pgvane ran a query of its own: they belong
@@ -271,6 +273,7 @@ impl ServerConn {
             rbuf: BytesMut::with_capacity(8192),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             checkouts: 0,
+            seq_owner: 0,
             addr,
             pid: 0,
             secret: 0,

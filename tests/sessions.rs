@@ -657,3 +657,35 @@ async fn sequence_state_is_read_only_where_it_lives() {
     );
     assert_eq!(value_or_code(&a, "SELECT 2").await, "2", "usable after it");
 }
+
+/// With more than one server connection, a client's next statement finds the server that
+/// holds its sequence state (others take another idle one), so currval answers.
+#[tokio::test]
+async fn a_clients_sequence_state_keeps_its_server_when_another_is_idle() {
+    let pg = shared();
+    pg.psql(
+        "app",
+        "DROP SEQUENCE IF EXISTS seq_aff; CREATE SEQUENCE seq_aff",
+    );
+    let p = start(2, "");
+    let a = through(&p).await;
+    let b = through(&p).await;
+    // Two server connections open and idle.
+    a.simple_query("BEGIN").await.unwrap();
+    b.simple_query("BEGIN").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    a.simple_query("COMMIT").await.unwrap();
+    b.simple_query("COMMIT").await.unwrap();
+    for round in 0..5 {
+        let v = value_or_code(&a, "SELECT nextval('seq_aff')").await;
+        // b would take the server a just released (the most recently used) if nothing
+        // kept it for a.
+        assert_eq!(value_or_code(&b, "SELECT 7").await, "7");
+        assert_eq!(
+            value_or_code(&a, "SELECT currval('seq_aff')").await,
+            v,
+            "round {round}"
+        );
+    }
+}

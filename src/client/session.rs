@@ -835,6 +835,7 @@ impl Session {
                 // The client's sequence state is on this server, as long as nobody else
                 // checks it out before the client does again.
                 self.seq_home = Some((conn.id, conn.checkouts));
+                conn.seq_owner = self.ctx.info.id;
             }
             let pool = conn.pool.clone();
             pool.put(conn);
