@@ -134,20 +134,22 @@ impl Session {
     /// server's shape of it is known (prepare or describe it and wait for the answer, once
     /// per statement and server), so [`Session::forward_extended`] can tell whether the
     /// client would decode rows of a shape it was never told.
-    async fn learn_shape_before_bind(&mut self, frame: &Bytes) -> Result<(), End> {
+    /// Returns false when the Bind must not be sent (the probe failed and pgvane ended the
+    /// batch: the client's messages up to its Sync are dropped, as the server would skip them).
+    async fn learn_shape_before_bind(&mut self, frame: &Bytes) -> Result<bool, End> {
         let b = protocol::parse_bind(frame)?;
         let Some(cs) = self.stmts.get(b.statement) else {
-            return Ok(());
+            return Ok(true);
         };
         if b.statement.is_empty() || cs.told.is_none() || self.pending.skipping() {
-            return Ok(());
+            return Ok(true);
         }
         let def = cs.def.clone();
         let Some(server) = self.server.as_mut() else {
-            return Ok(());
+            return Ok(true);
         };
         if server.prepared.shape(def.id).is_some() {
-            return Ok(());
+            return Ok(true);
         }
         if server.prepared.touch(def.id) {
             self.probe_shape(&def);
@@ -172,7 +174,7 @@ impl Session {
             }
         }
         self.awaiting_shape = None;
-        Ok(())
+        Ok(!self.skip_until_sync)
     }
 
     /// The client's unnamed statement was parsed on another server connection (or before
@@ -402,7 +404,9 @@ impl Session {
                 }
                 if tag == b'B' && self.rewrite {
                     let retry_armed = self.retry.is_some();
-                    self.learn_shape_before_bind(&frame).await?;
+                    if !self.learn_shape_before_bind(&frame).await? {
+                        return Ok(());
+                    }
                     if self.server.is_none() {
                         // Lost while learning. A replica read's retry put the client's
                         // messages (this one too) back in the input for the primary;

@@ -360,8 +360,18 @@ impl Session {
         if !stale_plan(fields) || self.server.is_none() {
             return;
         }
-        let Some((_, def, _)) = self.failed_client_message(skipped) else {
-            return;
+        // The client's message, or pgvane's shape probe before a told client's Bind.
+        let def = match (self.failed_client_message(skipped), skipped.first()) {
+            (Some((_, def, _)), _) => def,
+            (
+                None,
+                Some(Owed::Describe {
+                    probe: true,
+                    stmt: Some(def),
+                    ..
+                }),
+            ) => def.clone(),
+            _ => return,
         };
         if self.pending.skipping() {
             if !self.pending.is_empty() {
