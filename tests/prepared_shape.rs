@@ -330,3 +330,68 @@ async fn the_unnamed_statement_survives_another_clients_query_on_the_server() {
         p.log()
     );
 }
+
+/// A batch whose earlier message fails makes the server skip what pgvane added behind it
+/// (a Close and Parse of the shared copy, for a first Describe): its cache of the server's
+/// statements must stay right, or the next Parse of that copy fails with 42P05 (found by
+/// the network fuzz: "prepared statement already exists").
+fn skipped_fresh_parse(port: u16, db: &str) -> Vec<String> {
+    let mut a = Wire::login(port, USER, db);
+    let mut b = Wire::login(port, USER, db);
+    let run = |w: &mut Wire, msgs: &[Vec<u8>]| -> String {
+        w.send_all(msgs);
+        let got = w.until_ready(Duration::from_secs(10));
+        let codes: Vec<String> = got.iter().filter_map(|m| m.code()).collect();
+        format!("{} {}", wire::tags(&got), codes.join(","))
+    };
+    let text = "SELECT 5 AS five";
+    let first = run(
+        &mut a,
+        &[
+            wire::parse("a", text),
+            wire::describe(b'S', "a"),
+            wire::sync(),
+        ],
+    );
+    let failed = run(
+        &mut b,
+        &[
+            wire::parse("b", text),
+            wire::bind("", "no_such_statement", &[]),
+            wire::describe(b'S', "b"),
+            wire::sync(),
+        ],
+    );
+    let after = run(
+        &mut b,
+        &[
+            wire::describe(b'S', "b"),
+            wire::bind("", "b", &[]),
+            wire::execute("", 0),
+            wire::sync(),
+        ],
+    );
+    let other = run(
+        &mut a,
+        &[wire::bind("", "a", &[]), wire::execute("", 0), wire::sync()],
+    );
+    vec![first, failed, after, other]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_leaves_the_servers_statements_known() {
+    setup_db("shape6");
+    let direct = skipped_fresh_parse(shared().port(), "shape6");
+    assert_eq!(
+        direct,
+        ["1tTZ ", "1EZ 26000", "tT2DCZ ", "2DCZ "],
+        "PostgreSQL's answers"
+    );
+    let p = start("shape6");
+    assert_eq!(
+        skipped_fresh_parse(p.port(), "shape6"),
+        direct,
+        "through pgvane\n{}",
+        p.log()
+    );
+}

@@ -557,9 +557,14 @@ impl Session {
                         None => self.sout.extend_from_slice(&frame),
                     }
                 }
-                self.bound_portal = stmt
-                    .as_ref()
-                    .map(|_| (b.portal.to_vec(), b.statement.to_vec()));
+                if stmt.is_none() {
+                    self.bound_portal = None;
+                } else if !matches!(&self.bound_portal,
+                    Some((p, n)) if p == b.portal && n == b.statement)
+                {
+                    // Allocates only when the portal or statement changes (not per Bind).
+                    self.bound_portal = Some((b.portal.to_vec(), b.statement.to_vec()));
+                }
                 let retried = self.replaying;
                 self.pending.sent(Owed::Bind {
                     stmt,

@@ -246,9 +246,10 @@ impl Session {
         }
         self.evict_changed_result_type(&fields, &skipped);
         self.cout.extend_from_slice(&frame);
-        // What the server skipped did not happen there.
+        // What the server skipped did not happen there. Undone last first: a skipped
+        // Close then Parse of one statement leaves the old copy in place.
         if let Some(server) = self.server.as_mut() {
-            for o in skipped {
+            for o in skipped.into_iter().rev() {
                 match o {
                     Owed::Parse {
                         stmt: Some(def), ..
@@ -297,13 +298,15 @@ impl Session {
 
     /// Close a stale shared statement on the held server (answer swallowed) and forget it
     /// there.
-    pub(super) fn close_stale(&mut self, def: &super::prepared::StmtDef) {
+    pub(super) fn close_stale(&mut self, def: &std::sync::Arc<super::prepared::StmtDef>) {
         if let Some(server) = self.server.as_mut() {
             server.prepared.remove(def.id);
         }
         protocol::target_msg(&mut self.sout, b'C', b'S', &def.name);
+        // With the statement: if the server skips this Close (an earlier message of the
+        // batch fails), the copy is still there and the cache must say so.
         self.pending.sent(Owed::Close {
-            stmt: None,
+            stmt: Some(def.clone()),
             swallow: true,
         });
     }
