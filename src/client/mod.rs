@@ -20,6 +20,7 @@ mod reply;
 mod route;
 mod session;
 mod startup_check;
+mod statements;
 pub mod tracker;
 
 /// PostgreSQL's FATAL after a client broke the message stream.
