@@ -215,7 +215,7 @@ impl Session {
                     });
                     return Ok(());
                 }
-                if state::may_set_sequence_state(&sql) {
+                if !self.sequence_state_here() && state::may_set_sequence_state(&sql) {
                     self.seq_set_here = true;
                 }
                 let set = maybe_set(text);
@@ -421,6 +421,7 @@ impl Session {
                 let b = protocol::parse_bind(&frame)?;
                 let mut stmt = None;
                 let mut refuse = None;
+                let mut first_use = false;
                 if b.statement.is_empty() {
                     self.ensure_unnamed();
                     self.bound_set = self.unnamed_set.clone();
@@ -446,6 +447,9 @@ impl Session {
                             if def.touches_session {
                                 self.note_session_change(&def.query);
                             }
+                            if let Some(cs) = self.stmts.get_mut(b.statement) {
+                                first_use = !std::mem::replace(&mut cs.used, true);
+                            }
                             self.seq_set_here |= def.sets_sequence;
                             self.bound_set = maybe_set(&def.query);
                             protocol::bind_msg(&mut self.sout, b.portal, &def.name, b.rest);
@@ -468,6 +472,7 @@ impl Session {
                     frame,
                     retried,
                     refuse,
+                    first_use,
                 });
             }
             b'D' => {

@@ -108,19 +108,6 @@ impl Session {
             } => def
                 .validated
                 .store(true, std::sync::atomic::Ordering::Relaxed),
-            Owed::Bind {
-                stmt: Some(def),
-                frame: bind,
-                ..
-            } => {
-                if let Some(cs) = protocol::parse_bind(&bind)
-                    .ok()
-                    .and_then(|b| self.stmts.get_mut(b.statement))
-                    .filter(|cs| cs.def.id == def.id)
-                {
-                    cs.used = true;
-                }
-            }
             Owed::Describe {
                 frame: describe,
                 stmt: Some(def),
@@ -423,7 +410,11 @@ impl Session {
         if matches!(first, Owed::Bind { retried: true, .. }) {
             return false;
         }
-        if changed && self.used_since_parse(&name, &def) {
+        let used = match first {
+            Owed::Bind { first_use, .. } => !first_use,
+            _ => self.used_since_parse(&name, &def),
+        };
+        if changed && used {
             return false;
         }
         let from = skipped

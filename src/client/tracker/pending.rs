@@ -86,6 +86,8 @@ pub enum Owed {
         frame: Bytes,
         retried: bool,
         refuse: Option<Refusal>,
+        /// The client's first use of its statement since its Parse.
+        first_use: bool,
     },
     /// Describe of a statement ('S': ParameterDescription first) or a portal. `stmt`: the
     /// shared statement described (its shape is recorded); `probe`: pgvane's own, to learn

@@ -45,6 +45,7 @@ fn bind() -> Owed {
         frame: Bytes::new(),
         retried: false,
         refuse: None,
+        first_use: false,
     }
 }
 

@@ -245,15 +245,26 @@ pub fn changes_beyond_unpinning(sql: &str) -> bool {
 /// Does it read the session's sequence state (`currval`, `lastval`)? That state lives in
 /// the server session where `nextval` ran and cannot be carried to another server.
 pub fn reads_sequence_state(sql: &str) -> bool {
-    words_of(sql).any(|w| {
-        let f = w.rsplit('.').next().unwrap_or(w);
-        f.eq_ignore_ascii_case("currval") || f.eq_ignore_ascii_case("lastval")
-    })
+    mentions_val(sql)
+        && words_of(sql).any(|w| {
+            let f = w.rsplit('.').next().unwrap_or(w);
+            f.eq_ignore_ascii_case("currval") || f.eq_ignore_ascii_case("lastval")
+        })
 }
 
 /// May it set the session's sequence state: call `nextval`/`setval` by name, or be a
 /// statement whose column defaults or triggers may call them?
 pub fn may_set_sequence_state(sql: &str) -> bool {
+    const FIRST: [&str; 7] = ["insert", "copy", "merge", "call", "do", "update", "execute"];
+    let starts = words_of(sql)
+        .next()
+        .is_some_and(|w| FIRST.iter().any(|k| w.eq_ignore_ascii_case(k)));
+    if starts {
+        return true;
+    }
+    if !mentions_val(sql) {
+        return false;
+    }
     let mut first = true;
     words_of(sql).any(|w| {
         let f = w.rsplit('.').next().unwrap_or(w);
@@ -266,6 +277,13 @@ pub fn may_set_sequence_state(sql: &str) -> bool {
         first = w == ";";
         hit
     })
+}
+
+/// A cheap filter before a word scan: every sequence-state function name ends in "val".
+fn mentions_val(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"val"))
 }
 
 /// Why a statement reading sequence state is refused on a server connection the client
