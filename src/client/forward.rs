@@ -435,11 +435,12 @@ impl Session {
                 } else if !self.rewrite {
                     self.sout.extend_from_slice(&frame);
                 } else {
-                    match self.ensure_prepared(b.statement) {
-                        Some(def) if self.refusal(b.statement, &def).is_some() => {
+                    let def = self.ensure_prepared(b.statement);
+                    refuse = def.as_ref().and_then(|d| self.refusal(b.statement, d));
+                    match def {
+                        Some(def) if refuse.is_some() => {
                             // Refused by the server (no such statement): nothing runs, the
                             // server skips to Sync, and the client is told why instead.
-                            refuse = self.refusal(b.statement, &def);
                             protocol::bind_msg(&mut self.sout, b.portal, REFUSED, b.rest);
                             stmt = Some(def);
                         }

@@ -32,6 +32,15 @@ fn describe(kind: u8) -> Owed {
     }
 }
 
+/// pgvane's own Describe of a statement, to learn its shape.
+fn probe() -> Owed {
+    Owed::Describe {
+        frame: Bytes::from(msg(b'D', &[b'S', 0])),
+        stmt: None,
+        probe: true,
+    }
+}
+
 fn parse() -> Owed {
     Owed::Parse {
         stmt: None,
@@ -232,11 +241,7 @@ fn a_shape_probe_is_swallowed_and_answers_in_order() {
         stmt: None,
         swallow: true,
     });
-    p.sent(Owed::Describe {
-        frame: Bytes::from(msg(b'D', &[b'S', 0])),
-        stmt: None,
-        probe: true,
-    });
+    p.sent(probe());
     p.sent(bind());
     p.sent(Owed::Sync);
     let t = feed(
@@ -252,11 +257,7 @@ fn a_shape_probe_is_swallowed_and_answers_in_order() {
     assert_eq!(t, "sSsfR");
     assert!(p.reusable());
     // A probe of a statement that fails (stale): the error skips the client's Bind too.
-    p.sent(Owed::Describe {
-        frame: Bytes::from(msg(b'D', &[b'S', 0])),
-        stmt: None,
-        probe: true,
-    });
+    p.sent(probe());
     p.sent(bind());
     p.sent(Owed::Sync);
     assert_eq!(feed(&mut p, &[error(), ready(b'I')]), "E2R");
