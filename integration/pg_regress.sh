@@ -27,7 +27,8 @@
 # Environment: PG_BIN (default /usr/lib/postgresql/15/bin), PGVANE_BIN (default: cargo build
 # --release and target/release/pgvane), PGVANE_REGRESS_CACHE, PGVANE_REGRESS_MODES (any of
 # "direct session transaction"), PGVANE_REGRESS_POOL_SIZE (default 40),
-# PGVANE_REGRESS_TIMEOUT (seconds per run, default 1800).
+# PGVANE_REGRESS_TIMEOUT (seconds per run, default 1800), PGVANE_REGRESS_GENERAL (extra lines
+# for pgvane's [general] section, e.g. "server_close_on_library_load = true").
 #
 # Exit status: 0 when every run finished (whatever it counted), 1 when a run could not finish
 # (setup failure, timeout, pg_regress error).
@@ -283,6 +284,7 @@ pool_mode = "$1"
 auth_type = "trust"
 default_pool_size = $POOL_SIZE
 max_client_conn = 1000
+${PGVANE_REGRESS_GENERAL:-}
 
 [[users]]
 name = "$DBUSER"

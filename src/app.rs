@@ -455,6 +455,7 @@ pub fn pool_settings(cfg: &Config, user: &User, db: &Database, key: &PoolKey) ->
         check_delay: g.server_check_delay,
         check_query: g.server_check_query.clone(),
         reset_query: g.server_reset_query.clone(),
+        library_check: g.server_close_on_library_load,
         max_prepared: g.max_prepared_statements,
         connect: ConnectParams {
             host: key.host.clone(),

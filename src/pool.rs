@@ -37,6 +37,8 @@ pub struct PoolSettings {
     pub check_delay: Duration,
     pub check_query: String,
     pub reset_query: String,
+    /// `server_close_on_library_load`: count loaded libraries' settings at open and release.
+    pub library_check: bool,
     pub max_prepared: usize,
     pub connect: ConnectParams,
 }
@@ -355,6 +357,9 @@ impl Pool {
         // Stamped with the generation it was opened in, so RECONNECT retires it only if it
         // happened meanwhile (an unstamped 0 would retire every connection after one RECONNECT).
         conn.generation = generation;
+        if s.library_check {
+            conn.libraries_at_open = conn.library_settings().await?;
+        }
         self.stats.total_connects.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut r) = self.reported.lock() {
             if r.is_none() {
@@ -448,8 +453,31 @@ impl Pool {
         }
     }
 
-    /// Return a clean, idle connection.
-    pub fn put(&self, mut c: PooledConn) {
+    /// Return a clean, idle connection. With `server_close_on_library_load`, it is first
+    /// asked whether a client loaded a library in it (a spawned query; the connection stays
+    /// checked out meanwhile) and closed if one did.
+    pub fn put(&self, c: PooledConn) {
+        if c.broken || !self.settings().library_check {
+            return self.put_now(c);
+        }
+        tokio::spawn(async move {
+            let mut c = c;
+            let at_open = c.libraries_at_open;
+            match c.library_settings().await {
+                Ok(now) if now.is_some() && now == at_open && !c.broken => {
+                    let pool = c.pool.clone();
+                    pool.put_now(c);
+                }
+                Ok(now) => {
+                    tracing::debug!(?at_open, ?now, "a client loaded a library: closing the server connection");
+                }
+                Err(_) => {}
+            }
+            // Otherwise `c` drops here: closed.
+        });
+    }
+
+    fn put_now(&self, mut c: PooledConn) {
         if c.broken
             || c.generation != self.generation.load(Ordering::Relaxed)
             || self.closed.load(Ordering::Relaxed)

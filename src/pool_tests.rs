@@ -17,6 +17,7 @@ fn settings(port: u16, min: usize, size: usize) -> PoolSettings {
         check_delay: Duration::from_secs(30),
         check_query: String::new(),
         reset_query: String::new(),
+        library_check: false,
         max_prepared: 10,
         connect: ConnectParams {
             host: "127.0.0.1".into(),

@@ -203,6 +203,9 @@ pub struct ServerConn {
     /// NotificationResponses that arrived while pgvane ran a query of its own: they belong
     /// to the client (its LISTEN) and are delivered after that query.
     pub notifications: Vec<Bytes>,
+    /// With `server_close_on_library_load`: how many settings loaded libraries defined when
+    /// the connection opened (see [`ServerConn::library_settings`]).
+    pub libraries_at_open: Option<u64>,
 }
 
 /// A small ring of the last message types sent ('>' before the type) and received.
@@ -274,6 +277,7 @@ impl ServerConn {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             checkouts: 0,
             seq_owner: 0,
+            libraries_at_open: None,
             addr,
             pid: 0,
             secret: 0,
@@ -463,6 +467,24 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// How many settings of loaded libraries the backend knows. `pg_settings` lists a
+    /// library's settings once it is loaded (PL/pgSQL's on first use), never placeholders
+    /// that a SET of an unknown `prefix.name` creates, so a rise means a client loaded one.
+    pub async fn library_settings(&mut self) -> Result<Option<u64>, ServerError> {
+        let (rows, err) = self
+            .query_pairs(
+                "SELECT 'n', count(*)::text FROM pg_catalog.pg_settings WHERE name LIKE '%.%'",
+            )
+            .await?;
+        if err.is_some() {
+            return Ok(None);
+        }
+        Ok(rows
+            .first()
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| v.parse().ok()))
     }
 
     /// The user this connection logged in as (its first `session_authorization`).

@@ -689,3 +689,108 @@ async fn a_clients_sequence_state_keeps_its_server_when_another_is_idle() {
         );
     }
 }
+
+/// PostgreSQL refuses DROP DATABASE, and CREATE DATABASE from a template, while other
+/// sessions use that database. A pooled connection nobody uses is not one a direct client
+/// would have had: pgvane closes its idle ones first, so these succeed as they would directly.
+#[tokio::test]
+async fn idle_pooled_connections_do_not_block_drop_or_create_database() {
+    let pg = shared();
+    for db in ["sess_victim", "sess_tpl", "sess_copy"] {
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"));
+    }
+    pg.psql("postgres", "CREATE DATABASE sess_victim");
+    pg.psql("postgres", "CREATE DATABASE sess_tpl");
+    let mut cfg = config(free_port(), pg.port(), 1, "");
+    for db in ["sess_victim", "sess_tpl"] {
+        cfg.push_str(&format!(
+            "\n[[databases]]\nname = \"{db}\"\n  [[databases.shards]]\n  \
+             primary = {{ host = \"127.0.0.1\", port = {}, dbname = \"{db}\" }}\n",
+            pg.port()
+        ));
+    }
+    let p = Pgvane::start(&cfg);
+    for db in ["sess_victim", "sess_tpl"] {
+        let c = connect(&format!(
+            "host=127.0.0.1 port={} user=app password=app-secret dbname={db}",
+            p.port()
+        ))
+        .await;
+        c.simple_query("SELECT 1").await.unwrap();
+        // The client leaves; its server connection stays in pgvane's pool.
+    }
+    let c = through(&p).await;
+    // Extended protocol (tokio-postgres' execute), then the simple protocol.
+    c.execute("CREATE DATABASE sess_copy TEMPLATE sess_tpl", &[])
+        .await
+        .expect("CREATE DATABASE from a template pgvane had pooled");
+    c.batch_execute("DROP DATABASE sess_victim")
+        .await
+        .expect("DROP DATABASE of a database pgvane had pooled");
+    let left = pg.psql(
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database \
+         WHERE datname LIKE 'sess\\_%'",
+    );
+    assert_eq!(left.trim(), "sess_copy,sess_tpl");
+    // A database a client is using is reported as PostgreSQL reports it.
+    let user = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=sess_tpl",
+        p.port()
+    ))
+    .await;
+    user.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let err = c
+        .batch_execute("DROP DATABASE sess_tpl")
+        .await
+        .expect_err("a database in use");
+    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE));
+    user.batch_execute("COMMIT").await.unwrap();
+    drop(user);
+    for db in ["sess_tpl", "sess_copy"] {
+        c.batch_execute(&format!("DROP DATABASE {db}")).await.unwrap();
+    }
+}
+
+/// A library (here PL/pgSQL) cannot be unloaded from a backend; with
+/// `server_close_on_library_load` the next client gets a backend as fresh as a direct
+/// connection: a `plpgsql.*` placeholder can be set there, as before the first PL/pgSQL use.
+/// A backend in which no library was loaded is reused.
+#[tokio::test]
+async fn a_backend_that_loaded_a_library_is_not_reused_when_asked() {
+    const PLACEHOLDER: &str = "SET plpgsql.extra_foo_warnings = true";
+    // Directly: a fresh backend accepts it.
+    direct().await.batch_execute(PLACEHOLDER).await.unwrap();
+    for mode in ["session", "transaction"] {
+        let p = start(
+            1,
+            &format!("pool_mode = \"{mode}\"\nserver_close_on_library_load = true"),
+        );
+        let pid = |c: tokio_postgres::Client| async move {
+            let r = row(&c, "SELECT pg_backend_pid()").await;
+            drop(c);
+            r
+        };
+        // No library loaded: the same backend serves the next client.
+        let first = pid(through(&p).await).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(pid(through(&p).await).await, first, "{mode}: reused");
+        let a = through(&p).await;
+        a.batch_execute("DO $$ BEGIN PERFORM 1; END $$").await.unwrap();
+        drop(a);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let b = through(&p).await;
+        b.batch_execute(PLACEHOLDER)
+            .await
+            .unwrap_or_else(|e| panic!("{mode}: the next client's backend is fresh: {e}"));
+        assert_ne!(row(&b, "SELECT pg_backend_pid()").await, first, "{mode}");
+    }
+    // Without the option the backend is reused, as PgBouncer does.
+    let p = start(1, "pool_mode = \"session\"");
+    let a = through(&p).await;
+    a.batch_execute("DO $$ BEGIN PERFORM 1; END $$").await.unwrap();
+    drop(a);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let err = through(&p).await.batch_execute(PLACEHOLDER).await;
+    assert!(err.is_err(), "a reused backend has PL/pgSQL loaded");
+}

@@ -63,6 +63,10 @@ pub fn entries(g: &General) -> Vec<(&'static str, String)> {
         ("server_connect_timeout", d(g.server_connect_timeout)),
         ("server_login_retry", d(g.server_login_retry)),
         ("server_reset_query", g.server_reset_query.clone()),
+        (
+            "server_close_on_library_load",
+            g.server_close_on_library_load.to_string(),
+        ),
         ("server_check_delay", d(g.server_check_delay)),
         ("server_check_query", g.server_check_query.clone()),
         (

@@ -58,6 +58,37 @@ impl Session {
         self.change = std::mem::replace(&mut self.change, Change::None).and(change);
     }
 
+    /// Before a statement that PostgreSQL refuses while other sessions use a database (DROP
+    /// DATABASE, CREATE DATABASE from its template, ALTER DATABASE RENAME): close pgvane's
+    /// idle server connections to it, which a direct client would not have had. Connections
+    /// other clients hold are left: PostgreSQL reports them as it would directly.
+    fn free_databases_named_in(&self, tag: u8, frame: &[u8]) {
+        let sql = if tag == b'Q' {
+            protocol::query_text(frame).ok()
+        } else {
+            protocol::parse_parse(frame).ok().map(|p| p.query)
+        };
+        let Some(sql) = sql else { return };
+        // Cheap filter first: this runs on every statement.
+        let first = sql.iter().find(|b| !b.is_ascii_whitespace());
+        if !matches!(first, Some(b'd' | b'D' | b'a' | b'A' | b'c' | b'C' | b'/' | b'-')) {
+            return;
+        }
+        let Ok(sql) = std::str::from_utf8(sql) else {
+            return;
+        };
+        let names = crate::router::databases_needing_no_sessions(sql);
+        if names.is_empty() {
+            return;
+        }
+        for pool in self.app.all_pools() {
+            if names.iter().any(|n| *n == pool.key.dbname) {
+                tracing::debug!(dbname = %pool.key.dbname, "closing idle server connections before a statement that needs the database free");
+                pool.close_idle();
+            }
+        }
+    }
+
     /// After an autocommit `RESET name`, `RESET ALL` or `DISCARD ALL`: the SQL that puts
     /// back the client's startup values of what it reset, if it had any.
     fn startup_after_reset(&self, text: &[u8], set: Option<&SetCmd>) -> Option<String> {
@@ -179,6 +210,9 @@ impl Session {
                     return Err(End::Fatal("08P01", super::LOST_SYNC.into()));
                 }
             }
+        }
+        if matches!(tag, b'Q' | b'P') {
+            self.free_databases_named_in(tag, &frame);
         }
         match tag {
             b'X' => Err(End::ClientGone),

@@ -195,6 +195,11 @@ pub struct General {
     #[serde(deserialize_with = "de_duration")]
     pub server_login_retry: Duration,
     pub server_reset_query: String,
+    /// Close, rather than reuse, a server connection in which a client loaded a library
+    /// (PL/pgSQL, an extension) that the backend had not loaded when it started: a loaded
+    /// library cannot be unloaded, and its reserved setting prefix and settings are visible
+    /// to the next client. Costs one query per release, off the client's path.
+    pub server_close_on_library_load: bool,
     #[serde(deserialize_with = "de_duration")]
     pub server_check_delay: Duration,
     /// Empty string = send an empty query.
@@ -243,6 +248,7 @@ impl Default for General {
             server_connect_timeout: Duration::from_secs(5),
             server_login_retry: Duration::from_secs(1),
             server_reset_query: "DISCARD ALL".to_string(),
+            server_close_on_library_load: false,
             server_check_delay: Duration::from_secs(30),
             server_check_query: "SELECT 1".to_string(),
             max_prepared_statements: 200,

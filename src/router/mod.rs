@@ -19,6 +19,7 @@
 
 pub mod cache;
 pub mod classify;
+pub mod database_ddl;
 mod fallback;
 pub mod functions;
 pub mod hints;
@@ -28,6 +29,7 @@ mod scan;
 
 pub use cache::AnalysisCache;
 pub use classify::{analyze, Analysis, Reason, StatementKind};
+pub use database_ddl::databases_needing_no_sessions;
 pub use functions::FunctionCatalog;
 pub use hints::{parse_duration, parse_hints, Hints, RouteHint};
 pub use normalize::{normalize, Literal, LiteralValue, Normalized, LITERAL_PARAM_BASE};
