@@ -453,31 +453,29 @@ impl Pool {
         }
     }
 
-    /// Return a clean, idle connection. With `server_close_on_library_load`, it is first
-    /// asked whether a client loaded a library in it (a spawned query; the connection stays
-    /// checked out meanwhile) and closed if one did.
-    pub fn put(&self, c: PooledConn) {
-        if c.broken || !self.settings().library_check {
-            return self.put_now(c);
-        }
-        tokio::spawn(async move {
-            let mut c = c;
+    /// Return a connection whose session ended (session mode). With
+    /// `server_close_on_library_load` it is first asked whether its client loaded a library
+    /// (the connection stays checked out meanwhile) and closed if one did. Not used in
+    /// transaction mode: there a client's session spans servers, and closing one would lose
+    /// what pgvane does not carry over (sequence state, a C library's own state).
+    pub async fn put_after_session(&self, mut c: PooledConn) {
+        if !c.broken && self.settings().library_check {
             let at_open = c.libraries_at_open;
-            match c.library_settings().await {
-                Ok(now) if now.is_some() && now == at_open && !c.broken => {
-                    let pool = c.pool.clone();
-                    pool.put_now(c);
-                }
-                Ok(now) => {
-                    tracing::debug!(?at_open, ?now, "a client loaded a library: closing the server connection");
-                }
-                Err(_) => {}
+            let now = c.library_settings().await.ok().flatten();
+            if now.is_none() || now != at_open {
+                tracing::debug!(
+                    ?at_open,
+                    ?now,
+                    "a client loaded a library: closing the server connection"
+                );
+                return; // `c` drops here: closed.
             }
-            // Otherwise `c` drops here: closed.
-        });
+        }
+        self.put(c);
     }
 
-    fn put_now(&self, mut c: PooledConn) {
+    /// Return a clean, idle connection.
+    pub fn put(&self, mut c: PooledConn) {
         if c.broken
             || c.generation != self.generation.load(Ordering::Relaxed)
             || self.closed.load(Ordering::Relaxed)

@@ -71,7 +71,10 @@ impl Session {
         let Some(sql) = sql else { return };
         // Cheap filter first: this runs on every statement.
         let first = sql.iter().find(|b| !b.is_ascii_whitespace());
-        if !matches!(first, Some(b'd' | b'D' | b'a' | b'A' | b'c' | b'C' | b'/' | b'-')) {
+        if !matches!(
+            first,
+            Some(b'd' | b'D' | b'a' | b'A' | b'c' | b'C' | b'/' | b'-')
+        ) {
             return;
         }
         let Ok(sql) = std::str::from_utf8(sql) else {

@@ -946,11 +946,16 @@ impl Session {
                     // prepared statements, LISTEN) goes with it.
                     reset = "DISCARD ALL".into();
                 }
-                if self.ctx.mode == PoolMode::Session || self.pinned.is_some() || changed {
+                let session_mode = self.ctx.mode == PoolMode::Session;
+                if session_mode || self.pinned.is_some() || changed {
                     tokio::spawn(async move {
                         if let Ok(None) = conn.run_internal(&reset).await {
                             let pool = conn.pool.clone();
-                            pool.put(conn);
+                            if session_mode {
+                                pool.put_after_session(conn).await;
+                            } else {
+                                pool.put(conn);
+                            }
                         }
                     });
                 } else {
