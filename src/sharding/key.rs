@@ -338,7 +338,7 @@ fn eq_name(a: &str, b: &str) -> bool {
 }
 
 /// Index of the sharded table `name` refers to.
-fn lookup_table(tables: &[ShardedTable], name: &ObjectName) -> Option<usize> {
+pub(crate) fn lookup_table(tables: &[ShardedTable], name: &ObjectName) -> Option<usize> {
     let parts = name_parts(name)?;
     let (table, rest) = parts.split_last()?;
     let schema = rest.last();

@@ -4,6 +4,7 @@
 //! Must not: do I/O. Routing decisions are pure functions the session calls; fan-out and
 //! merging of results live in the client session (`client::fanout`).
 
+pub mod combine;
 pub mod hash;
 pub mod key;
 pub mod plan;

@@ -1,0 +1,1026 @@
+//! How the answers of a read that runs on several shards become the answer one database
+//! holding all the rows would give.
+//!
+//! Owns: deciding, from a parsed SELECT, whether the shards' rows can simply be concatenated
+//! ([`Combine::Concat`]), must be finished by pgvane ([`Combine::Finish`]: aggregates, GROUP
+//! BY, HAVING, DISTINCT, ORDER BY, LIMIT/OFFSET), or cannot be answered exactly
+//! ([`Combine::Refuse`], with the reason and a workaround); the SQL each shard runs then (the
+//! partial query: `avg(x)` becomes `sum(x), count(x)`, `count(DISTINCT x)` groups by `x`,
+//! `LIMIT l OFFSET o` becomes `LIMIT l+o`, ORDER BY expressions outside the select list become
+//! extra columns); and the finishing query over the shards' partial rows.
+//!
+//! The finishing query runs on PostgreSQL itself (on one of the shards' connections, over
+//! the partial rows passed back as one binary array parameter per column, `unnest`ed), so
+//! PostgreSQL's own types, rounding, NULL ordering, collations and errors apply; its output
+//! is cast to the types a direct `Describe` of the client's query reports.
+//!
+//! Must not: do I/O, or answer anything it cannot answer exactly: everything not understood
+//! is refused. Never panics on any AST.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    visit_relations, Distinct, DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, OrderByExpr,
+    OrderByKind, Query, Select, SelectItem, SetExpr, SetOperator, SetQuantifier, Statement,
+    TableFactor, Value, Visit, VisitMut, Visitor, VisitorMut,
+};
+
+use super::key::{lookup_table, ShardedTable};
+
+/// How a multi-shard read is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Combine {
+    /// Every shard's rows, one shard after the other, are the answer.
+    Concat,
+    /// Shards run a partial query; pgvane finishes.
+    Finish(Box<Finish>),
+    /// Cannot be answered exactly across shards (SQLSTATE 0A000 with this message).
+    Refuse(String),
+}
+
+/// A partial query and how to finish it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// What every shard runs (its rows are fetched in binary).
+    pub partial: String,
+    /// Aggregate form: the final select items over the partial columns `_p1.._pN`, and the
+    /// number of partial columns. None: row form (the partial's first columns are the
+    /// client's, followed by `extras` ORDER BY columns).
+    agg: Option<(Vec<String>, usize)>,
+    group: Vec<String>,
+    having: Option<String>,
+    distinct: bool,
+    order: Vec<FinalOrder>,
+    limit: Option<u64>,
+    offset: u64,
+    with_ties: bool,
+    extras: usize,
+}
+
+/// One final ORDER BY item.
+#[derive(Debug, Clone, PartialEq)]
+enum FinalOrder {
+    /// Output column n (1-based), then the options text (` DESC NULLS FIRST`).
+    Position(usize, String),
+    /// A bare name: the output column of that name if there is exactly one, else the
+    /// expression (rewritten over the partial columns).
+    Name(String, String, String),
+    Expr(String, String),
+}
+
+/// Aggregates pgvane can finish, as (name, partial columns, final expression over
+/// `{0}`, `{1}`).
+fn known_aggregate(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "count" => "count",
+        "sum" => "sum",
+        "min" => "min",
+        "max" => "max",
+        "avg" => "avg",
+        "bool_and" => "bool_and",
+        "every" => "every",
+        "bool_or" => "bool_or",
+        "bit_and" => "bit_and",
+        "bit_or" => "bit_or",
+        _ => return None,
+    })
+}
+
+/// Aggregates PostgreSQL has that pgvane cannot finish exactly across shards.
+const OTHER_AGGREGATES: &[&str] = &[
+    "array_agg",
+    "string_agg",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "json_agg_strict",
+    "jsonb_agg_strict",
+    "json_objectagg",
+    "json_arrayagg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "covar_pop",
+    "covar_samp",
+    "corr",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "bit_xor",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+];
+
+fn function_name(f: &Function) -> Option<String> {
+    let parts: Vec<&Ident> = f
+        .name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [n] => Some(n.value.to_ascii_lowercase()),
+        [s, n] if s.value.eq_ignore_ascii_case("pg_catalog") => Some(n.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// Is this call an aggregate (known or not)? Some(name) for one.
+fn aggregate_name(f: &Function) -> Option<String> {
+    let name = function_name(f)?;
+    if f.over.is_some() {
+        return None; // a window function; refused separately
+    }
+    (known_aggregate(&name).is_some() || OTHER_AGGREGATES.contains(&name.as_str())).then_some(name)
+}
+
+/// Plan the combination of a read that runs on several shards.
+pub fn plan(stmt: &Statement, tables: &[ShardedTable]) -> Combine {
+    let Statement::Query(q) = stmt else {
+        return Combine::Concat;
+    };
+    match plan_query(q, tables) {
+        Ok(c) => c,
+        Err(reason) => Combine::Refuse(reason),
+    }
+}
+
+fn touches_sharded<V: Visit>(v: &V, tables: &[ShardedTable]) -> bool {
+    visit_relations(v, |name: &ObjectName| {
+        if lookup_table(tables, name).is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .is_break()
+}
+
+const HINT: &str = "run it on one shard (a key in the WHERE clause, or /* pgvane: shard=N */) or \
+     compute it in the application from per-shard results";
+
+fn refuse(what: &str) -> String {
+    format!("{what} cannot be computed exactly across shards; {HINT}")
+}
+
+/// Walks a query for what no merge can fix: window functions, aggregates pgvane cannot
+/// combine inside nested queries, subqueries over sharded tables in expressions.
+struct Scan<'a> {
+    tables: &'a [ShardedTable],
+    problem: Option<String>,
+}
+
+impl Visitor for Scan<'_> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        let nested = match e {
+            Expr::Subquery(q) | Expr::Exists { subquery: q, .. } => Some(q),
+            Expr::InSubquery { subquery, .. } => Some(subquery),
+            Expr::Function(f) if f.over.is_some() => {
+                self.problem = Some(refuse("a window function over sharded rows"));
+                return ControlFlow::Break(());
+            }
+            _ => None,
+        };
+        if let Some(q) = nested {
+            if touches_sharded(q.as_ref(), self.tables) {
+                self.problem = Some(refuse("a subquery over a sharded table"));
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Nested queries in FROM (derived tables) and CTEs over sharded tables must themselves be
+/// concatenable: each shard's part of them is then a part of the whole.
+fn check_nested(q: &Query, tables: &[ShardedTable]) -> Result<(), String> {
+    if let Some(with) = &q.with {
+        for cte in &with.cte_tables {
+            if touches_sharded(cte.query.as_ref(), tables)
+                && plan_query(&cte.query, tables)? != Combine::Concat
+            {
+                return Err(refuse(
+                    "a WITH query that aggregates, sorts or limits sharded rows",
+                ));
+            }
+        }
+    }
+    if let SetExpr::Select(s) = q.body.as_ref() {
+        for twj in &s.from {
+            let factors =
+                std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+            for f in factors {
+                if let TableFactor::Derived { subquery, .. } = f {
+                    if touches_sharded(subquery.as_ref(), tables)
+                        && plan_query(subquery, tables)? != Combine::Concat
+                    {
+                        return Err(refuse(
+                            "a subquery in FROM that aggregates, sorts or limits sharded rows",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
+    let mut scan = Scan {
+        tables,
+        problem: None,
+    };
+    let _ = q.visit(&mut scan);
+    if let Some(p) = scan.problem {
+        return Err(p);
+    }
+    check_nested(q, tables)?;
+    if !q.locks.is_empty() && (q.limit_clause.is_some() || q.fetch.is_some()) {
+        return Err(refuse("FOR UPDATE/SHARE with LIMIT"));
+    }
+    let select = match q.body.as_ref() {
+        SetExpr::Select(s) => s.as_ref(),
+        SetExpr::SetOperation {
+            op: SetOperator::Union,
+            set_quantifier: SetQuantifier::All,
+            left,
+            right,
+        } if q.order_by.is_none() && q.limit_clause.is_none() && q.fetch.is_none() => {
+            for side in [left, right] {
+                let sub = Query {
+                    body: side.clone(),
+                    ..q.clone()
+                };
+                if plan_query(&sub, tables)? != Combine::Concat {
+                    return Err(refuse("UNION ALL of queries that aggregate, sort or limit"));
+                }
+            }
+            return Ok(Combine::Concat);
+        }
+        SetExpr::SetOperation { .. } => {
+            return Err(refuse("UNION, INTERSECT or EXCEPT over sharded tables"))
+        }
+        SetExpr::Query(inner) => return plan_query(inner, tables),
+        _ => return Ok(Combine::Concat),
+    };
+    if matches!(select.distinct, Some(Distinct::On(_))) {
+        return Err(refuse("DISTINCT ON"));
+    }
+    let group: Vec<Expr> = match &select.group_by {
+        GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
+        _ => return Err(refuse("GROUP BY ALL, ROLLUP, CUBE or GROUPING SETS")),
+    };
+    if group
+        .iter()
+        .any(|e| matches!(e, Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_)))
+    {
+        return Err(refuse("ROLLUP, CUBE or GROUPING SETS"));
+    }
+    let (limit, offset) = limit_offset(q)?;
+    let mut has_agg = !group.is_empty() || select.having.is_some();
+    for item in &select.projection {
+        if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
+            has_agg |= contains_aggregate(e);
+        }
+    }
+    let distinct = matches!(select.distinct, Some(Distinct::Distinct));
+    let order = match &q.order_by {
+        None => Vec::new(),
+        Some(o) => match &o.kind {
+            OrderByKind::Expressions(v) => v.clone(),
+            OrderByKind::All(_) => return Err(refuse("ORDER BY ALL")),
+        },
+    };
+    if order
+        .iter()
+        .any(|o| matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Using(_))))
+    {
+        return Err(refuse("ORDER BY ... USING"));
+    }
+    if !has_agg
+        && !distinct
+        && order.is_empty()
+        && limit.is_none()
+        && offset == 0
+        && q.fetch.is_none()
+    {
+        return Ok(Combine::Concat);
+    }
+    let with_ties = q.fetch.as_ref().is_some_and(|f| f.with_ties);
+    if has_agg {
+        aggregate_form(
+            q, select, &group, &order, limit, offset, distinct, with_ties,
+        )
+    } else {
+        row_form(q, select, &order, limit, offset, distinct, with_ties)
+    }
+}
+
+/// LIMIT / FETCH FIRST and OFFSET as constants (None: no limit).
+fn limit_offset(q: &Query) -> Result<(Option<u64>, u64), String> {
+    let konst = |e: &Expr| -> Result<Option<u64>, String> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| refuse("a LIMIT or OFFSET that is not a whole number")),
+                Value::Null => Ok(None),
+                _ => Err(refuse("a LIMIT or OFFSET that is not a constant")),
+            },
+            Expr::Nested(e) => Ok(konst_nested(e)),
+            _ => Err(refuse(
+                "a LIMIT or OFFSET that is not a constant (a parameter or an expression)",
+            )),
+        }
+    };
+    fn konst_nested(e: &Expr) -> Option<u64> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Number(n, _) => n.parse().ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    let (mut limit, mut offset) = (None, 0);
+    match &q.limit_clause {
+        None => {}
+        Some(LimitClause::LimitOffset {
+            limit: l,
+            offset: o,
+            limit_by,
+        }) if limit_by.is_empty() => {
+            if let Some(l) = l {
+                limit = konst(l)?;
+            }
+            if let Some(o) = o {
+                offset = konst(&o.value)?.unwrap_or(0);
+            }
+        }
+        Some(_) => return Err(refuse("this LIMIT form")),
+    }
+    if let Some(f) = &q.fetch {
+        if f.percent {
+            return Err(refuse("FETCH FIRST ... PERCENT"));
+        }
+        limit = match &f.quantity {
+            Some(e) => konst(e)?,
+            None => Some(1),
+        };
+    }
+    Ok((limit, offset))
+}
+
+fn contains_aggregate(e: &Expr) -> bool {
+    struct Find(bool);
+    impl Visitor for Find {
+        type Break = ();
+        fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+            // Aggregates of a subquery belong to it.
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if aggregate_name(f).is_some() {
+                    self.0 = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            if matches!(
+                e,
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. }
+            ) {
+                return ControlFlow::Continue(());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut f = Find(false);
+    let _ = e.visit(&mut f);
+    f.0
+}
+
+fn options_text(o: &OrderByExpr) -> String {
+    o.options.to_string()
+}
+
+fn output_expr(item: &SelectItem) -> Option<(&Expr, Option<&Ident>)> {
+    match item {
+        SelectItem::UnnamedExpr(e) => Some((e, None)),
+        SelectItem::ExprWithAlias { expr, alias } => Some((expr, Some(alias))),
+        _ => None,
+    }
+}
+
+fn position(e: &Expr) -> Option<usize> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn bare_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(i) if i.quote_style.is_none() => Some(i.value.to_ascii_lowercase()),
+        Expr::Identifier(i) => Some(i.value.clone()),
+        _ => None,
+    }
+}
+
+fn alias_position(select: &Select, name: &str) -> Option<usize> {
+    select.projection.iter().position(|it| {
+        matches!(it, SelectItem::ExprWithAlias { alias, .. }
+            if (alias.quote_style.is_none() && alias.value.eq_ignore_ascii_case(name))
+                || alias.value == name)
+    })
+}
+
+/// Rows without aggregates: each shard sorts and limits (to `limit + offset`), pgvane
+/// finishes with the client's ORDER BY, DISTINCT, OFFSET and LIMIT.
+fn row_form(
+    q: &Query,
+    select: &Select,
+    order: &[OrderByExpr],
+    limit: Option<u64>,
+    offset: u64,
+    distinct: bool,
+    with_ties: bool,
+) -> Result<Combine, String> {
+    let wildcard = select.projection.iter().any(|i| {
+        matches!(
+            i,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    });
+    let mut partial = q.clone();
+    let mut extras: Vec<Expr> = Vec::new();
+    let mut final_order = Vec::new();
+    for o in order {
+        let opts = options_text(o);
+        let (inner, collate) = match &o.expr {
+            Expr::Collate { expr, collation } => (expr.as_ref(), Some(collation.to_string())),
+            e => (e, None),
+        };
+        let with_collate = |s: String| match &collate {
+            Some(c) => format!("{s} COLLATE {c}"),
+            None => s,
+        };
+        if let (Some(n), None) = (position(inner), &collate) {
+            final_order.push(FinalOrder::Position(n, opts));
+            continue;
+        }
+        if !wildcard {
+            let found = bare_name(inner)
+                .and_then(|n| alias_position(select, &n))
+                .or_else(|| {
+                    select
+                        .projection
+                        .iter()
+                        .position(|it| output_expr(it).is_some_and(|(e, _)| e == inner))
+                });
+            if let Some(i) = found {
+                final_order.push(FinalOrder::Expr(with_collate(format!("_p{}", i + 1)), opts));
+                continue;
+            }
+        }
+        if distinct {
+            return Err(refuse(
+                "SELECT DISTINCT ordered by an expression outside its select list",
+            ));
+        }
+        extras.push(inner.clone());
+        final_order.push(FinalOrder::Expr(
+            with_collate(format!("_pgvane_o{}", extras.len())),
+            opts,
+        ));
+    }
+    if let SetExpr::Select(s) = partial.body.as_mut() {
+        for (i, e) in extras.iter().enumerate() {
+            s.projection.push(SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::new(format!("_pgvane_o{}", i + 1)),
+            });
+        }
+    }
+    // Each shard returns at most limit + offset rows; without ORDER BY any such rows do.
+    partial.limit_clause = limit.map(|l| LimitClause::LimitOffset {
+        limit: Some(Expr::value(Value::Number(
+            (l.saturating_add(offset)).to_string(),
+            false,
+        ))),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    if with_ties {
+        partial.limit_clause = None;
+        if let Some(f) = partial.fetch.as_mut() {
+            f.quantity = limit
+                .map(|l| Expr::value(Value::Number(l.saturating_add(offset).to_string(), false)));
+        }
+    } else {
+        partial.fetch = None;
+    }
+    if limit.is_none() {
+        // Sorting is pgvane's job then; the shards need not.
+        partial.order_by = None;
+    }
+    Ok(Combine::Finish(Box::new(Finish {
+        partial: partial.to_string(),
+        agg: None,
+        group: Vec::new(),
+        having: None,
+        distinct,
+        order: final_order,
+        limit,
+        offset,
+        with_ties,
+        extras: extras.len(),
+    })))
+}
+
+/// Rewrites an expression of the client's query into one over the partial columns, and
+/// collects what the shards must compute.
+struct Rewrite<'a> {
+    /// Group keys (the client's GROUP BY expressions, then DISTINCT aggregate arguments).
+    keys: &'a mut Vec<Expr>,
+    /// Partial aggregate expressions (after the keys in the partial select list).
+    partials: &'a mut Vec<Expr>,
+    n_client_keys: usize,
+    problem: Option<String>,
+    /// Combined aggregate texts, for the `__pgvane_cN__` markers.
+    combined: Vec<String>,
+}
+
+fn ident(s: String) -> Expr {
+    Expr::Identifier(Ident::new(s))
+}
+
+impl Rewrite<'_> {
+    /// The text of a rewritten expression, markers replaced (last first: `c1` is a prefix
+    /// of `c10`).
+    fn text(&self, e: &Expr) -> String {
+        let mut s = e.to_string();
+        for (i, c) in self.combined.iter().enumerate().rev() {
+            s = s.replace(&format!("__pgvane_c{}__", i + 1), &format!("({c})"));
+        }
+        s
+    }
+
+    fn key_ref(&self, i: usize) -> Expr {
+        ident(format!("_p{}", i + 1))
+    }
+
+    /// Column of partial aggregate `e` (added if new).
+    fn partial_col(&mut self, e: Expr) -> String {
+        let i = match self.partials.iter().position(|p| *p == e) {
+            Some(i) => i,
+            None => {
+                self.partials.push(e);
+                self.partials.len() - 1
+            }
+        };
+        format!("_p{}", self.n_keys_total() + i + 1)
+    }
+
+    /// Keys are fixed before partials are numbered: [`aggregate_form`] collects DISTINCT
+    /// arguments in a first pass.
+    fn n_keys_total(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn combine(&mut self, f: &Function, name: &str) -> Result<Expr, String> {
+        let list = match &f.args {
+            FunctionArguments::List(l) => l,
+            FunctionArguments::None => return Err(refuse(&format!("{name} without arguments"))),
+            FunctionArguments::Subquery(_) => return Err(refuse(&format!("{name}(subquery)"))),
+        };
+        if known_aggregate(name).is_none() {
+            return Err(refuse(&format!("the aggregate {name}()")));
+        }
+        if !list.clauses.is_empty() || !f.within_group.is_empty() {
+            return Err(refuse(&format!("{name}() with ORDER BY or other clauses")));
+        }
+        let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
+        let arg = match list.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if name == "count" => None,
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(e.clone()),
+            _ => return Err(refuse(&format!("{name}() with these arguments"))),
+        };
+        let filter = f.filter.as_ref().map(|e| format!(" FILTER (WHERE {e})"));
+        if distinct {
+            if filter.is_some() {
+                return Err(refuse(&format!("{name}(DISTINCT ...) FILTER (...)")));
+            }
+            let Some(arg) = arg else {
+                return Err(refuse("count(DISTINCT *)"));
+            };
+            let Some(k) = self.keys.iter().position(|k| *k == arg) else {
+                return Err(refuse(&format!("{name}(DISTINCT ...)")));
+            };
+            return parse_expr(&format!("{name}(DISTINCT _p{})", k + 1));
+        }
+        let filter = filter.unwrap_or_default();
+        let agg = |fname: &str, arg: &Option<Expr>| -> Result<Expr, String> {
+            let a = arg
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "*".into());
+            parse_expr(&format!("{fname}({a}){filter}"))
+        };
+        let text = match name {
+            "count" => {
+                let c = self.partial_col(agg("count", &arg)?);
+                format!("coalesce(sum({c}), 0)::int8")
+            }
+            "avg" => {
+                let s = self.partial_col(agg("sum", &arg)?);
+                let n = self.partial_col(agg("count", &arg)?);
+                // PostgreSQL's avg is sum / count in the sum's arithmetic (numeric for
+                // integers and numeric, float8 for floats, interval for intervals).
+                format!("(sum({s}) / nullif(sum({n}), 0))::__pgvane_avg_{s}")
+            }
+            "sum" => {
+                let s = self.partial_col(agg("sum", &arg)?);
+                format!("sum({s})::__pgvane_type_{s}")
+            }
+            other => {
+                let c = self.partial_col(agg(other, &arg)?);
+                format!("{other}({c})")
+            }
+        };
+        parse_expr(&text)
+    }
+}
+
+fn parse_expr(s: &str) -> Result<Expr, String> {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(s)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| format!("internal: cannot build the merge ({e})"))
+}
+
+impl VisitorMut for Rewrite<'_> {
+    type Break = ();
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if let Some(i) = self.keys[..self.n_client_keys].iter().position(|k| k == e) {
+            *e = self.key_ref(i);
+            return ControlFlow::Continue(());
+        }
+        if let Expr::Function(f) = e {
+            if let Some(name) = aggregate_name(f) {
+                match self.combine(f, &name) {
+                    Ok(x) => {
+                        // A marker, replaced by the text after the walk: the combined
+                        // expression holds aggregates the walk must not visit again.
+                        self.combined.push(x.to_string());
+                        *e = ident(format!("__pgvane_c{}__", self.combined.len()));
+                    }
+                    Err(p) => {
+                        self.problem = Some(p);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Collects DISTINCT aggregate arguments (they become partial group keys).
+fn distinct_args(e: &Expr, out: &mut Vec<Expr>) {
+    struct D<'a>(&'a mut Vec<Expr>);
+    impl Visitor for D<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                if aggregate_name(f).is_some() {
+                    if let FunctionArguments::List(l) = &f.args {
+                        if matches!(l.duplicate_treatment, Some(DuplicateTreatment::Distinct)) {
+                            if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] =
+                                l.args.as_slice()
+                            {
+                                if !self.0.contains(a) {
+                                    self.0.push(a.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = e.visit(&mut D(out));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn aggregate_form(
+    q: &Query,
+    select: &Select,
+    group: &[Expr],
+    order: &[OrderByExpr],
+    limit: Option<u64>,
+    offset: u64,
+    distinct: bool,
+    with_ties: bool,
+) -> Result<Combine, String> {
+    // GROUP BY items may name output columns by position or alias.
+    let mut keys: Vec<Expr> = Vec::new();
+    for g in group {
+        let e = if let Some(n) = position(g) {
+            match select
+                .projection
+                .get(n.wrapping_sub(1))
+                .and_then(output_expr)
+            {
+                Some((e, _)) => e.clone(),
+                None => return Err(refuse("this GROUP BY position")),
+            }
+        } else if let Some(i) = bare_name(g).and_then(|n| alias_position(select, &n)) {
+            match select.projection.get(i).and_then(output_expr) {
+                Some((e, _)) => e.clone(),
+                None => g.clone(),
+            }
+        } else {
+            g.clone()
+        };
+        if contains_aggregate(&e) {
+            return Err(refuse("GROUP BY an aggregate"));
+        }
+        if !keys.contains(&e) {
+            keys.push(e);
+        }
+    }
+    let n_client_keys = keys.len();
+    let mut items: Vec<Expr> = Vec::new();
+    for it in &select.projection {
+        match output_expr(it) {
+            Some((e, _)) => items.push(e.clone()),
+            None => return Err(refuse("SELECT * with aggregates or GROUP BY")),
+        }
+    }
+    for e in items.iter().chain(select.having.iter()) {
+        distinct_args(e, &mut keys);
+    }
+    for o in order {
+        distinct_args(&o.expr, &mut keys);
+    }
+    let mut partials = Vec::new();
+    let mut rw = Rewrite {
+        keys: &mut keys,
+        partials: &mut partials,
+        n_client_keys,
+        problem: None,
+        combined: Vec::new(),
+    };
+    let mut final_items = Vec::new();
+    for mut e in items {
+        let _ = VisitMut::visit(&mut e, &mut rw);
+        final_items.push(rw.text(&e));
+    }
+    let having = select.having.clone().map(|mut h| {
+        let _ = VisitMut::visit(&mut h, &mut rw);
+        rw.text(&h)
+    });
+    let mut final_order = Vec::new();
+    for o in order {
+        let opts = options_text(o);
+        if let Some(n) = position(&o.expr) {
+            final_order.push(FinalOrder::Position(n, opts));
+            continue;
+        }
+        if let Some(i) = bare_name(&o.expr).and_then(|n| alias_position(select, &n)) {
+            final_order.push(FinalOrder::Position(i + 1, opts));
+            continue;
+        }
+        let mut e = o.expr.clone();
+        let _ = VisitMut::visit(&mut e, &mut rw);
+        let text = rw.text(&e);
+        match bare_name(&o.expr) {
+            Some(n) => final_order.push(FinalOrder::Name(n, text, opts)),
+            None => final_order.push(FinalOrder::Expr(text, opts)),
+        }
+    }
+    if let Some(p) = rw.problem.take() {
+        return Err(p);
+    }
+    let n_keys = keys.len();
+    // Every column reference left over must be a group key: PostgreSQL reports others
+    // when the client's query is described on a shard before anything runs.
+    let mut partial = q.clone();
+    partial.order_by = None;
+    partial.limit_clause = None;
+    partial.fetch = None;
+    if let SetExpr::Select(s) = partial.body.as_mut() {
+        s.distinct = None;
+        s.having = None;
+        s.projection = keys
+            .iter()
+            .chain(partials.iter())
+            .enumerate()
+            .map(|(i, e)| SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::new(format!("_p{}", i + 1)),
+            })
+            .collect();
+        s.group_by = if n_keys == 0 {
+            GroupByExpr::Expressions(Vec::new(), Vec::new())
+        } else {
+            GroupByExpr::Expressions(
+                (1..=n_keys)
+                    .map(|i| Expr::value(Value::Number(i.to_string(), false)))
+                    .collect(),
+                Vec::new(),
+            )
+        };
+    }
+    if partials.is_empty() && n_keys == 0 {
+        return Err(refuse("this aggregate query"));
+    }
+    let n_cols = n_keys + partials.len();
+    Ok(Combine::Finish(Box::new(Finish {
+        partial: partial.to_string(),
+        agg: Some((final_items, n_cols)),
+        group: (1..=n_client_keys).map(|i| format!("_p{i}")).collect(),
+        having,
+        distinct,
+        order: final_order,
+        limit,
+        offset,
+        with_ties,
+        extras: 0,
+    })))
+}
+
+/// A column of the shards' partial result or of the client's described result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// SQL type name (`format_type(oid, NULL)`).
+    pub type_name: String,
+}
+
+impl Finish {
+    /// Trailing partial columns the client does not see (row form).
+    pub fn extras(&self) -> usize {
+        self.extras
+    }
+
+    /// Number of partial columns, when the plan knows it (aggregate form).
+    pub fn partial_columns(&self) -> Option<usize> {
+        self.agg.as_ref().map(|(_, n)| *n)
+    }
+
+    /// The finishing query over `unnest($1::t1[], ...)` of the partial columns. `partial`:
+    /// the shards' columns; `out`: the client's query as a shard describes it.
+    pub fn final_sql(&self, partial: &[Column], out: &[Column]) -> Result<String, String> {
+        let cols: Vec<String> = (1..=partial.len())
+            .map(|i| col_name(self, i, partial.len()))
+            .collect();
+        let source = format!(
+            "unnest({}) AS _pgvane({})",
+            partial
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("${}::{}[]", i + 1, c.type_name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cols.join(", ")
+        );
+        let items: Vec<String> = match &self.agg {
+            Some((items, n)) => {
+                if *n != partial.len() || items.len() != out.len() {
+                    return Err("the shards' partial results do not have the planned shape".into());
+                }
+                items
+                    .iter()
+                    .zip(out)
+                    .map(|(e, o)| format!("({})::{}", fill_types(e, partial), o.type_name))
+                    .collect()
+            }
+            None => {
+                let visible = partial.len().saturating_sub(self.extras);
+                (1..=visible).map(|i| format!("_p{i}")).collect()
+            }
+        };
+        let mut sql = format!(
+            "SELECT {}{} FROM {source}",
+            if self.distinct { "DISTINCT " } else { "" },
+            items.join(", ")
+        );
+        if !self.group.is_empty() {
+            sql.push_str(&format!(" GROUP BY {}", self.group.join(", ")));
+        }
+        if let Some(h) = &self.having {
+            sql.push_str(&format!(" HAVING {}", fill_types(h, partial)));
+        }
+        if !self.order.is_empty() {
+            let parts: Vec<String> = self
+                .order
+                .iter()
+                .map(|o| match o {
+                    FinalOrder::Position(n, opts) => format!("{n}{opts}"),
+                    FinalOrder::Name(name, e, opts) => {
+                        let hits: Vec<usize> = out
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| c.name == *name)
+                            .map(|(i, _)| i + 1)
+                            .collect();
+                        match hits.as_slice() {
+                            [i] => format!("{i}{opts}"),
+                            _ => format!("{}{opts}", fill_types(e, partial)),
+                        }
+                    }
+                    FinalOrder::Expr(e, opts) => format!("{}{opts}", fill_types(e, partial)),
+                })
+                .collect();
+            sql.push_str(&format!(" ORDER BY {}", parts.join(", ")));
+        }
+        if self.offset > 0 {
+            sql.push_str(&format!(" OFFSET {}", self.offset));
+        }
+        if let Some(l) = self.limit {
+            if self.with_ties {
+                sql.push_str(&format!(" FETCH FIRST {l} ROWS WITH TIES"));
+            } else {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+        }
+        Ok(sql)
+    }
+
+    /// What EXPLAIN ROUTE shows.
+    pub fn explain(&self) -> String {
+        let mut s = format!("each shard runs: {}", self.partial);
+        let finish: Vec<String> = [
+            self.agg
+                .as_ref()
+                .map(|(i, _)| format!("combine {}", i.join(", "))),
+            (!self.group.is_empty()).then(|| format!("group by {}", self.group.join(", "))),
+            self.having.as_ref().map(|h| format!("having {h}")),
+            self.distinct.then(|| "distinct".to_string()),
+            (!self.order.is_empty()).then(|| "sort".to_string()),
+            (self.offset > 0).then(|| format!("offset {}", self.offset)),
+            self.limit.map(|l| format!("limit {l}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        s.push_str(&format!("; pgvane finishes: {}", finish.join(", ")));
+        s
+    }
+}
+
+fn col_name(f: &Finish, i: usize, n: usize) -> String {
+    if f.agg.is_none() && i > n.saturating_sub(f.extras) {
+        format!("_pgvane_o{}", i - (n - f.extras))
+    } else {
+        format!("_p{i}")
+    }
+}
+
+/// Put the partial columns' types into the `__pgvane_type_pN` / `__pgvane_avg_pN` markers.
+fn fill_types(e: &str, partial: &[Column]) -> String {
+    let mut s = e.to_string();
+    for (i, c) in partial.iter().enumerate().rev() {
+        let n = i + 1;
+        s = s.replace(&format!("__pgvane_type__p{n}"), &c.type_name);
+        let avg = match c.type_name.as_str() {
+            "real" | "double precision" => "double precision",
+            "interval" => "interval",
+            _ => "numeric",
+        };
+        s = s.replace(&format!("__pgvane_avg__p{n}"), avg);
+    }
+    s
+}
+
+#[cfg(test)]
+#[path = "combine_tests.rs"]
+mod tests;
