@@ -48,6 +48,8 @@ pub enum Plan {
         shards: ShardSet,
         write: bool,
         split: Option<Vec<(u32, String)>>,
+        /// A read that needs more than the shards' rows one after the other.
+        finish: Option<Arc<crate::sharding::combine::Finish>>,
     },
     /// Reply with this error instead of running the statement.
     Reject(&'static str, String),
@@ -375,7 +377,7 @@ impl Session {
             }
             let lookup = |_: &str| cols.clone();
             match splan::split_insert(sql, &db.sharded_tables, db.shards.len() as u32, &lookup) {
-                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts) },
+                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts), finish: None },
                 Err(e) => {
                     return Plan::Reject(
                         "0A000",
@@ -384,10 +386,19 @@ impl Session {
                 }
             }
         }
+        let finish = if write {
+            None
+        } else {
+            match combine_read(sql, analysis, &db.sharded_tables) {
+                Ok(f) => f,
+                Err(msg) => return Plan::Reject("0A000", msg),
+            }
+        };
         Plan::Multi {
             shards,
             write,
             split: None,
+            finish,
         }
     }
 
@@ -498,23 +509,28 @@ impl Session {
                     &[Some(&target), Some(&addr), Some(&t.reason)],
                 );
             }
-            Plan::Multi { shards, write, .. } => {
+            Plan::Multi {
+                shards,
+                write,
+                finish,
+                ..
+            } => {
                 let list: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
                 let addrs: Vec<String> = shards
                     .iter()
                     .map(|s| db.shards[s as usize].state.primary.addr.clone())
                     .collect();
-                let reason = if write {
-                    "write to several shards"
-                } else {
-                    "fan-out read"
+                let reason = match (&finish, write) {
+                    (_, true) => "write to several shards".to_string(),
+                    (Some(f), false) => format!("fan-out read, merged: {}", f.explain()),
+                    (None, false) => "fan-out read".to_string(),
                 };
                 crate::protocol::data_row(
                     &mut self.cout,
                     &[
                         Some(&format!("shards {}", list.join(","))),
                         Some(&addrs.join(",")),
-                        Some(reason),
+                        Some(&reason),
                     ],
                 );
             }
@@ -589,6 +605,42 @@ pub fn reason_label(reason: &str, statement_label: &'static str) -> &'static str
 }
 
 /// Literal values of a normalized statement, as text, in order.
+/// How the shards' answers to a multi-shard read become one database's answer: None to
+/// concatenate them, Some to finish them; Err to refuse (0A000) what cannot be exact.
+fn combine_read(
+    sql: &str,
+    analysis: &Analysis,
+    tables: &[crate::sharding::key::ShardedTable],
+) -> Result<Option<Arc<crate::sharding::combine::Finish>>, String> {
+    use crate::sharding::combine::{plan, Combine};
+    use sqlparser::dialect::PostgreSqlDialect;
+    let first = crate::params::skip_ws_comments(sql).to_ascii_lowercase();
+    let query_like = ["select", "with", "values", "table", "("]
+        .iter()
+        .any(|w| first.starts_with(w));
+    let stmts = match sqlparser::parser::Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) => s,
+        Err(_) if !query_like => return Ok(None),
+        Err(_) => {
+            return Err("pgvane cannot parse this query, so it cannot merge its shards' answers exactly; run it on one shard (a key in the WHERE clause, or /* pgvane: shard=N */)".into())
+        }
+    };
+    let mut finish = None;
+    for s in &stmts {
+        match plan(s, tables) {
+            Combine::Concat => {}
+            Combine::Refuse(why) => return Err(why),
+            Combine::Finish(f) => {
+                if analysis.multi_statement || stmts.len() > 1 {
+                    return Err("a multi-statement query whose statements need their shards' answers merged; send them one at a time".into());
+                }
+                finish = Some(Arc::from(f));
+            }
+        }
+    }
+    Ok(finish)
+}
+
 pub fn literal_texts(n: &router::Normalized) -> Vec<String> {
     n.literals
         .iter()
@@ -700,12 +752,13 @@ impl Session {
                         shards,
                         write,
                         split,
+                        finish,
                     } = plan
                     {
                         if write || self.tx_wrote {
                             return self.reject_cross_shard(true).await;
                         }
-                        self.fanout_query(frame.clone(), shards, write, split)
+                        self.fanout_query(frame.clone(), shards, write, split, finish)
                             .await?;
                         return Ok(false);
                     }
@@ -770,8 +823,9 @@ impl Session {
                 shards,
                 write,
                 split,
+                finish,
             } => {
-                self.fanout_query(frame.clone(), shards, write, split)
+                self.fanout_query(frame.clone(), shards, write, split, finish)
                     .await?;
                 Ok(false)
             }
@@ -886,7 +940,15 @@ impl Session {
                 shards,
                 write,
                 split,
+                finish,
             } => {
+                if finish.is_some() {
+                    self.client_error(
+                        "0A000",
+                        "this read needs its shards' answers merged (aggregates, GROUP BY, DISTINCT, ORDER BY or LIMIT across shards), which pgvane does over the simple query protocol only for now; send it as a simple query, or add the sharding key to the WHERE clause",
+                    );
+                    return Ok(false);
+                }
                 if split.is_some() {
                     self.client_error(
                         "0A000",

@@ -12,6 +12,7 @@
 mod copy;
 mod copy_format;
 mod extended;
+mod finish;
 pub mod merge;
 
 use bytes::{Bytes, BytesMut};
@@ -214,6 +215,7 @@ impl Session {
         shards: ShardSet,
         write: bool,
         split: Option<Vec<(u32, String)>>,
+        finish: Option<std::sync::Arc<crate::sharding::combine::Finish>>,
     ) -> Result<(), End> {
         let db = self.ctx.db.clone();
         let in_tx = self.server.is_some() || self.deferred_begin.is_some();
@@ -235,6 +237,9 @@ impl Session {
         let sql = protocol::query_text(&frame)
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default();
+        if let Some(f) = finish {
+            return self.fanout_finish(f, &sql, shards, status).await;
+        }
         let mut copy_out = CopyOut::default();
         if split.is_none() {
             match copy::classify_sql(&sql, &db.sharded_tables) {

@@ -1,0 +1,251 @@
+//! Cross-shard reads answer exactly what one database holding all the rows answers. The same
+//! generated rows go into one unsharded database (the oracle) and, through pgvane, into 4
+//! shards; every query of the corpus runs on both and the answers (column names and rows;
+//! in order when the query orders) must be equal. Queries pgvane cannot merge exactly must
+//! fail with 0A000. The corpus is data: add a line to extend it.
+
+mod common;
+
+use common::*;
+use tokio_postgres::SimpleQueryMessage;
+
+const SHARDS: usize = 4;
+const ROWS: i64 = 1200;
+
+/// Queries whose answers must match the oracle's. A leading `=` marks an ordered
+/// comparison (the query's ORDER BY determines the order completely).
+const CORPUS: &[&str] = &[
+    // aggregates without GROUP BY
+    "SELECT count(*) FROM orders",
+    "SELECT count(amount), count(note) FROM orders",
+    "SELECT sum(amount) FROM orders",
+    "SELECT sum(customer_id), sum(price) FROM orders",
+    "SELECT min(amount), max(amount), min(note), max(note) FROM orders",
+    "SELECT avg(amount), avg(price), avg(customer_id) FROM orders",
+    "SELECT bool_and(flag), bool_or(flag), every(flag) FROM orders",
+    "SELECT count(*) AS n, sum(amount) / count(*) AS ratio FROM orders",
+    "SELECT count(*) FROM orders WHERE amount > 500",
+    "SELECT sum(amount) FROM orders WHERE amount IS NULL",
+    "SELECT avg(amount) FROM orders WHERE false",
+    "SELECT count(*) FILTER (WHERE flag), sum(amount) FILTER (WHERE region = 'eu') FROM orders",
+    "SELECT count(DISTINCT region), count(DISTINCT customer_id) FROM orders",
+    "SELECT sum(DISTINCT amount), avg(DISTINCT amount) FROM orders",
+    "SELECT count(*) FROM orders WHERE customer_id IN (1, 2, 3, 500, 777)",
+    "SELECT count(*) + 1, 'x' AS label FROM orders",
+    "SELECT max(created), min(created) FROM orders",
+    // GROUP BY, HAVING
+    "SELECT region, count(*) FROM orders GROUP BY region",
+    "SELECT region, count(*), sum(amount), avg(amount), min(note) FROM orders GROUP BY 1",
+    "SELECT region AS r, flag, count(*) FROM orders GROUP BY r, flag",
+    "SELECT customer_id % 7 AS m, sum(amount) FROM orders GROUP BY customer_id % 7",
+    "SELECT region, count(*) FROM orders GROUP BY region HAVING count(*) > 250",
+    "SELECT region, avg(price) FROM orders GROUP BY region HAVING sum(amount) > 1000 AND min(amount) < 50",
+    "SELECT region, count(DISTINCT customer_id) FROM orders GROUP BY region",
+    "SELECT upper(region), count(*) FROM orders WHERE region IS NOT NULL GROUP BY region",
+    "SELECT flag, count(*) FROM orders GROUP BY flag HAVING bool_or(amount > 900)",
+    // GROUP BY + ORDER BY + LIMIT
+    "=SELECT region, count(*) FROM orders GROUP BY region ORDER BY region NULLS FIRST",
+    "=SELECT region, count(*) FROM orders GROUP BY region ORDER BY count(*) DESC, region",
+    "=SELECT region, sum(amount) AS s FROM orders GROUP BY region ORDER BY s DESC NULLS LAST LIMIT 2",
+    "=SELECT customer_id % 10 AS m, count(*) FROM orders GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3 OFFSET 2",
+    "=SELECT region, count(*) FROM orders GROUP BY region HAVING count(*) > 100 ORDER BY region DESC NULLS LAST LIMIT 2",
+    "=SELECT created, count(*) FROM orders GROUP BY created ORDER BY count(*) DESC, created LIMIT 5",
+    // ORDER BY / LIMIT / OFFSET on rows
+    "=SELECT customer_id, id, amount FROM orders ORDER BY customer_id, id LIMIT 10",
+    "=SELECT customer_id, id FROM orders ORDER BY customer_id DESC, id DESC LIMIT 7 OFFSET 3",
+    "=SELECT id, customer_id FROM orders ORDER BY amount NULLS FIRST, customer_id, id LIMIT 12",
+    "=SELECT id, customer_id FROM orders ORDER BY amount DESC NULLS LAST, customer_id, id LIMIT 12",
+    "=SELECT note, customer_id, id FROM orders WHERE note IS NOT NULL ORDER BY note, customer_id, id LIMIT 9",
+    "=SELECT * FROM orders ORDER BY price DESC, customer_id, id LIMIT 5",
+    "=SELECT customer_id, id FROM orders WHERE amount < 100 ORDER BY customer_id, id",
+    "=SELECT customer_id, id FROM orders ORDER BY customer_id, id OFFSET 1190",
+    "=SELECT customer_id, id FROM orders ORDER BY customer_id, id FETCH FIRST 4 ROWS ONLY",
+    "SELECT * FROM orders LIMIT 0",
+    // DISTINCT
+    "SELECT DISTINCT region FROM orders",
+    "SELECT DISTINCT region, flag FROM orders",
+    "=SELECT DISTINCT region FROM orders ORDER BY region NULLS LAST",
+    "=SELECT DISTINCT amount FROM orders WHERE amount IS NOT NULL ORDER BY amount DESC LIMIT 5",
+    // joins with a reference table
+    "SELECT r.name, count(*) FROM orders o JOIN regions r ON r.code = o.region GROUP BY r.name",
+    "=SELECT o.customer_id, o.id, r.name FROM orders o JOIN regions r ON r.code = o.region ORDER BY o.customer_id, o.id LIMIT 6",
+    "SELECT count(*) FROM orders o LEFT JOIN regions r ON r.code = o.region WHERE r.code IS NULL",
+    // concatenated as before
+    "SELECT customer_id, id, amount FROM orders WHERE amount > 990",
+    "SELECT * FROM orders WHERE customer_id = 42",
+];
+
+/// Queries pgvane cannot merge exactly: refused with 0A000.
+const REFUSED: &[&str] = &[
+    "SELECT string_agg(note, ',') FROM orders",
+    "SELECT array_agg(id) FROM orders",
+    "SELECT stddev(amount) FROM orders",
+    "SELECT id, rank() OVER (ORDER BY amount) FROM orders",
+    "SELECT DISTINCT ON (region) region, id FROM orders",
+    "SELECT region FROM orders UNION SELECT region FROM orders",
+    "SELECT * FROM orders WHERE amount > (SELECT avg(amount) FROM orders)",
+    "SELECT count(*) FROM (SELECT DISTINCT region FROM orders) s",
+    "WITH t AS (SELECT * FROM orders ORDER BY id LIMIT 3) SELECT * FROM t",
+    "SELECT region, count(*) FROM orders GROUP BY ROLLUP (region)",
+];
+
+fn config(listen: u16, pg_port: u16, dbs: &[String]) -> String {
+    let mut s = format!(
+        "[general]\nlisten_addr = \"127.0.0.1:{listen}\"\ndefault_pool_size = 4\n\n\
+         [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\n[[databases]]\nname = \"shop\"\n"
+    );
+    for db in dbs {
+        s.push_str(&format!(
+            "  [[databases.shards]]\n  primary = {{ host = \"127.0.0.1\", port = {pg_port}, dbname = \"{db}\" }}\n"
+        ));
+    }
+    s.push_str(
+        "  [[databases.sharded_tables]]\n  table = \"orders\"\n  column = \"customer_id\"\n  type = \"bigint\"\n",
+    );
+    s
+}
+
+const SCHEMA: &str = "CREATE TABLE orders(customer_id bigint NOT NULL, id int NOT NULL, \
+     amount int, price numeric(10,2), note text, region text, flag bool, created date, \
+     PRIMARY KEY (customer_id, id))";
+const REGIONS: &str = "CREATE TABLE regions(code text PRIMARY KEY, name text); \
+     INSERT INTO regions VALUES ('eu', 'Europe'), ('us', 'Americas'), ('ap', 'Asia')";
+
+/// Deterministic rows with NULLs in every nullable column.
+fn values(from: i64, to: i64) -> String {
+    (from..to)
+        .map(|i| {
+            let amount = if i % 13 == 0 {
+                "NULL".to_string()
+            } else {
+                ((i * 37) % 1000).to_string()
+            };
+            let note = if i % 11 == 0 {
+                "NULL".to_string()
+            } else {
+                format!("'n{}'", (i * 7919) % 500)
+            };
+            let region = ["'eu'", "'us'", "'ap'", "'xx'", "NULL"][(i % 5) as usize];
+            let flag = ["true", "false", "NULL"][(i % 3) as usize];
+            format!(
+                "({c}, {id}, {amount}, {p}.{cents:02}, {note}, {region}, {flag}, date '2026-01-01' + {d})",
+                c = (i * 31) % 400 + 1,
+                id = i,
+                p = (i * 17) % 300,
+                cents = i % 100,
+                d = i % 40
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Column names and rows (NULL as None) of a simple query.
+async fn answer(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    let mut names = Vec::new();
+    let mut rows = Vec::new();
+    for m in msgs {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                names = cols.iter().map(|c| c.name().to_string()).collect()
+            }
+            SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => {}
+        }
+    }
+    Ok((names, rows))
+}
+
+#[tokio::test]
+async fn cross_shard_reads_answer_what_one_database_answers() {
+    let pg = shared();
+    let mut dbs = Vec::new();
+    for name in std::iter::once("merge_oracle".to_string())
+        .chain((0..SHARDS).map(|i| format!("merge_s{i}")))
+    {
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        pg.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        dbs.push(name);
+    }
+    let shards = dbs[1..].to_vec();
+    let oracle = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=merge_oracle",
+        pg.port()
+    ))
+    .await;
+    let p = Pgvane::start(&config(free_port(), pg.port(), &shards));
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=shop",
+        p.port()
+    ))
+    .await;
+    oracle.batch_execute(SCHEMA).await.unwrap();
+    oracle.batch_execute(REGIONS).await.unwrap();
+    c.batch_execute(SCHEMA).await.unwrap();
+    // The reference table is created on every shard directly (reference-table writes
+    // through pgvane are not in this test).
+    for db in &shards {
+        pg.psql(db, REGIONS);
+    }
+    for chunk in (0..ROWS).step_by(200) {
+        let sql = format!("INSERT INTO orders VALUES {}", values(chunk, chunk + 200));
+        oracle.batch_execute(&sql).await.unwrap();
+        c.batch_execute(&sql).await.unwrap();
+    }
+    let mut wrong = Vec::new();
+    for q in CORPUS {
+        let (ordered, sql) = match q.strip_prefix('=') {
+            Some(s) => (true, s),
+            None => (false, *q),
+        };
+        let want = answer(&oracle, sql)
+            .await
+            .unwrap_or_else(|e| panic!("oracle: {sql}: {e}"));
+        let got = match answer(&c, sql).await {
+            Ok(g) => g,
+            Err(e) => {
+                wrong.push(format!("{sql}\n   error through pgvane: {e}"));
+                continue;
+            }
+        };
+        let (mut w, mut g) = (want.clone(), got.clone());
+        if !ordered {
+            w.1.sort();
+            g.1.sort();
+        }
+        if w != g {
+            wrong.push(format!(
+                "{sql}\n   oracle: {:?} {:?}\n   pgvane: {:?} {:?}",
+                want.0,
+                &want.1[..want.1.len().min(8)],
+                got.0,
+                &got.1[..got.1.len().min(8)]
+            ));
+        }
+    }
+    for sql in REFUSED {
+        match c.simple_query(sql).await {
+            Err(e) if e.code().map(|c| c.code()) == Some("0A000") => {}
+            Err(e) => wrong.push(format!("{sql}\n   refused with another error: {e}")),
+            Ok(_) => wrong.push(format!("{sql}\n   answered instead of refused")),
+        }
+    }
+    // The session is still usable after every refusal.
+    assert_eq!(
+        answer(&c, "SELECT 1").await.unwrap().1,
+        [[Some("1".to_string())]]
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {} queries differ from one database:\n{}",
+        wrong.len(),
+        CORPUS.len() + REFUSED.len(),
+        wrong.join("\n")
+    );
+}
