@@ -942,11 +942,10 @@ impl Session {
                 split,
                 finish,
             } => {
-                if finish.is_some() {
-                    self.client_error(
-                        "0A000",
-                        "this read needs its shards' answers merged (aggregates, GROUP BY, DISTINCT, ORDER BY or LIMIT across shards), which pgvane does over the simple query protocol only for now; send it as a simple query, or add the sharding key to the WHERE clause",
-                    );
+                if let Some(f) = finish {
+                    self.fanout_merged_extended(frame.clone(), shards, f)
+                        .await?;
+                    self.fanned_out = true;
                     return Ok(false);
                 }
                 if split.is_some() {

@@ -51,7 +51,7 @@ impl Msg {
     }
 }
 
-fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+pub fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
     v.extend_from_slice(body);

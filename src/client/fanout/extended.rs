@@ -29,41 +29,9 @@ impl Session {
         shards: ShardSet,
         write: bool,
     ) -> Result<(), End> {
-        // The whole batch, through its Sync (read on from the client if it is still arriving;
-        // at most BATCH_LIMIT, since it is held while the shards run it).
-        let mut frames = vec![first];
-        let mut size = frames[0].len();
-        while frames.last().is_some_and(|f| !matches!(f[0], b'S' | b'H')) {
-            match protocol::split_frame(&mut self.cin, self.max_message)? {
-                Some(f) => {
-                    size += f.len();
-                    frames.push(f);
-                }
-                None if size + self.cin.len() <= BATCH_LIMIT => {
-                    self.cin.reserve(8192);
-                    if self
-                        .client
-                        .read_buf(&mut self.cin)
-                        .await
-                        .map_err(|_| End::ClientGone)?
-                        == 0
-                    {
-                        return Err(End::ClientGone);
-                    }
-                }
-                None => break,
-            }
-        }
-        if frames.last().is_none_or(|f| f[0] != b'S') {
-            // A batch ended by Flush waits for its answers before its Sync (psycopg's
-            // pipeline); one larger than BATCH_LIMIT is not held.
-            self.client_error(
-                "0A000",
-                "a statement that spans several shards must be sent with its Sync (not ended by Flush, at most 1 MiB); add a sharding key or a /* pgvane: shard=N */ hint",
-            );
-            self.skip_until_sync = true;
+        let Some(frames) = self.take_batch(first).await? else {
             return Ok(());
-        }
+        };
         // COPY needs the simple protocol here (its data must be split or merged per shard).
         let copies = frames.iter().any(|f| match f[0] {
             b'P' => protocol::parse_parse(f).is_ok_and(|p| is_copy(p.query)),
@@ -183,6 +151,97 @@ impl Session {
         self.end_fanout(conns, m, write, write).await;
         protocol::ready_for_query(&mut self.cout, status);
         Ok(())
+    }
+    /// The batch that starts with `first`, through its Sync (read on from the client if it
+    /// is still arriving; at most BATCH_LIMIT, since it is held while the shards run it).
+    /// None: refused (the error is queued and the rest of the batch will be skipped).
+    pub(crate) async fn take_batch(&mut self, first: Bytes) -> Result<Option<Vec<Bytes>>, End> {
+        let mut frames = vec![first];
+        let mut size = frames[0].len();
+        while frames.last().is_some_and(|f| !matches!(f[0], b'S' | b'H')) {
+            match protocol::split_frame(&mut self.cin, self.max_message)? {
+                Some(f) => {
+                    size += f.len();
+                    frames.push(f);
+                }
+                None if size + self.cin.len() <= BATCH_LIMIT => {
+                    self.cin.reserve(8192);
+                    if self
+                        .client
+                        .read_buf(&mut self.cin)
+                        .await
+                        .map_err(|_| End::ClientGone)?
+                        == 0
+                    {
+                        return Err(End::ClientGone);
+                    }
+                }
+                None => break,
+            }
+        }
+        if frames.last().is_none_or(|f| f[0] != b'S') {
+            // A batch ended by Flush waits for its answers before its Sync (psycopg's
+            // pipeline); one larger than BATCH_LIMIT is not held.
+            self.client_error(
+                "0A000",
+                "a statement that spans several shards must be sent with its Sync (not ended by Flush, at most 1 MiB); add a sharding key or a /* pgvane: shard=N */ hint",
+            );
+            self.skip_until_sync = true;
+            return Ok(None);
+        }
+        Ok(Some(frames))
+    }
+
+    /// Run a batch whose statement needs its shards' answers finished
+    /// ([`Session::fanout_finish_extended`]).
+    pub(crate) async fn fanout_merged_extended(
+        &mut self,
+        first: Bytes,
+        shards: ShardSet,
+        finish: std::sync::Arc<crate::sharding::combine::Finish>,
+    ) -> Result<(), End> {
+        let Some(frames) = self.take_batch(first).await? else {
+            return Ok(());
+        };
+        // The statement: parsed in this batch, or prepared earlier under its name.
+        let mut stmt: Option<(Bytes, Bytes)> = None;
+        for f in &frames {
+            match f[0] {
+                b'P' => {
+                    let p = protocol::parse_parse(f)?;
+                    if !p.name.is_empty() {
+                        let def = crate::client::prepared::registry()
+                            .intern(f.slice_ref(p.query), f.slice_ref(p.param_types));
+                        self.stmts.insert(
+                            p.name.to_vec(),
+                            crate::client::prepared::ClientStmt::new(def),
+                        );
+                        let info = self.route_info(p.query, p.param_types);
+                        self.routes.insert(p.name.to_vec(), info);
+                    }
+                    stmt = Some((f.slice_ref(p.query), f.slice_ref(p.param_types)));
+                }
+                b'B' if stmt.is_none() => {
+                    let b = protocol::parse_bind(f)?;
+                    stmt = self
+                        .stmts
+                        .get(b.statement)
+                        .map(|c| (c.def.query.clone(), c.def.param_types.clone()));
+                }
+                _ => {}
+            }
+        }
+        let Some((query, types)) = stmt else {
+            self.client_error("26000", "prepared statement does not exist");
+            protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
+            return Ok(());
+        };
+        let db = self.ctx.db.clone();
+        db.stats
+            .fanout
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fanout_finish_extended(finish, &frames, &query, &types, shards)
+            .await
     }
 }
 

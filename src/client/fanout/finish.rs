@@ -153,8 +153,77 @@ fn execute_msg(out: &mut BytesMut) {
 #[derive(Default)]
 struct Answer {
     described: Option<Bytes>,
+    param_desc: Option<Bytes>,
     partial: Option<Vec<Field>>,
     error: Option<Bytes>,
+}
+
+/// After the shards ran the partial query.
+enum Partials {
+    /// A shard's error (or the client's query failed to describe): forward it.
+    Failed(Bytes),
+    Ready {
+        /// The client's query as shard 0 describes it (RowDescription, text formats).
+        described: Bytes,
+        /// Its ParameterDescription.
+        param_desc: Option<Bytes>,
+        /// The finishing query and its Bind parameters (formats and values).
+        sql: String,
+        params: BytesMut,
+    },
+}
+
+/// A Bind's tail split into (parameter formats and values, result formats).
+fn split_bind_rest(rest: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rd16 = |b: &[u8], at: usize| -> Option<i16> {
+        Some(i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+    };
+    let nfmt = rd16(rest, 0)?.max(0) as usize;
+    let mut at = 2 + nfmt * 2;
+    let nparams = rd16(rest, at)?.max(0) as usize;
+    at += 2;
+    for _ in 0..nparams {
+        let l = rest.get(at..at + 4)?;
+        let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        at += 4 + len.max(0) as usize;
+    }
+    (at <= rest.len()).then(|| rest.split_at(at))
+}
+
+/// A RowDescription with the format codes of a Bind's result-format section (none: text;
+/// one: every column; else one per column).
+fn with_formats(desc: &[u8], result_formats: &[u8]) -> Bytes {
+    let n = i16::from_be_bytes([
+        result_formats.first().copied().unwrap_or(0),
+        result_formats.get(1).copied().unwrap_or(0),
+    ])
+    .max(0) as usize;
+    let code = |i: usize| -> [u8; 2] {
+        let at = 2 + 2 * if n == 1 { 0 } else { i };
+        match (n, result_formats.get(at), result_formats.get(at + 1)) {
+            (0, _, _) => [0, 0],
+            (_, Some(a), Some(b)) => [*a, *b],
+            _ => [0, 0],
+        }
+    };
+    let mut out = BytesMut::from(desc);
+    let Some(body) = out.get_mut(5..) else {
+        return out.freeze();
+    };
+    let cols = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+    let mut at = 2;
+    for i in 0..cols {
+        let Some(z) = body[at..].iter().position(|b| *b == 0) else {
+            break;
+        };
+        at += z + 1 + 16;
+        if at + 2 > body.len() {
+            break;
+        }
+        body[at..at + 2].copy_from_slice(&code(i));
+        at += 2;
+    }
+    out.freeze()
 }
 
 impl Session {
@@ -169,36 +238,130 @@ impl Session {
         let Some(mut conns) = self.checkout_shards(shards, status).await else {
             return Ok(());
         };
-        let result = self.run_finish(&finish, original, &mut conns).await;
-        for (_, c) in conns {
-            if !c.broken {
-                let p = c.pool.clone();
-                p.put(c);
+        match self
+            .run_partials(
+                &finish,
+                original.as_bytes(),
+                &[0, 0],
+                &[0, 0, 0, 0],
+                &mut conns,
+            )
+            .await
+        {
+            Err(msg) => self.client_error("0A000", &msg),
+            Ok(Partials::Failed(e)) => self.cout.extend_from_slice(&e),
+            Ok(Partials::Ready {
+                described,
+                sql,
+                params,
+                ..
+            }) => {
+                if let Some((_, c0)) = conns.first_mut() {
+                    self.run_final(c0, &sql, &params, &[0, 0], Some(&described))
+                        .await;
+                }
             }
         }
-        if let Err(msg) = result {
-            self.client_error("0A000", &msg);
-        }
+        release(conns);
         protocol::ready_for_query(&mut self.cout, status);
         Ok(())
     }
 
-    /// Err: refuse with 0A000 and this message (nothing was sent to the client yet).
-    async fn run_finish(
+    /// Run `finish` for an extended-protocol batch (`frames`, through its Sync) with one
+    /// Bind and one Execute of the statement `original` (parameter types `param_types`).
+    pub(super) async fn fanout_finish_extended(
+        &mut self,
+        finish: Arc<Finish>,
+        frames: &[Bytes],
+        original: &[u8],
+        param_types: &[u8],
+        shards: ShardSet,
+    ) -> Result<(), End> {
+        let status = self.pending.tx().byte();
+        let binds: Vec<&Bytes> = frames.iter().filter(|f| f[0] == b'B').collect();
+        let execs = frames.iter().filter(|f| f[0] == b'E').count();
+        let bind = match (binds.as_slice(), execs) {
+            ([b], 1) => protocol::parse_bind(b)?,
+            _ => {
+                self.client_error("0A000", "a read whose shards' answers must be merged must come alone in its batch (one Bind and one Execute before Sync)");
+                protocol::ready_for_query(&mut self.cout, status);
+                return Ok(());
+            }
+        };
+        let Some((params, result_formats)) = split_bind_rest(bind.rest) else {
+            return Err(End::Fatal("08P01", "malformed Bind message".into()));
+        };
+        let Some(mut conns) = self.checkout_shards(shards, status).await else {
+            return Ok(());
+        };
+        match self
+            .run_partials(&finish, original, param_types, params, &mut conns)
+            .await
+        {
+            Err(msg) => self.client_error("0A000", &msg),
+            Ok(Partials::Failed(e)) => self.cout.extend_from_slice(&e),
+            Ok(Partials::Ready {
+                described,
+                param_desc,
+                sql,
+                params,
+            }) => {
+                // Answer each message of the batch in order, as one server would.
+                for f in frames {
+                    match f[0] {
+                        b'P' => protocol::parse_complete(&mut self.cout),
+                        b'B' => self.cout.extend_from_slice(&[b'2', 0, 0, 0, 4]),
+                        b'D' if f.get(5) == Some(&b'S') => {
+                            if let Some(p) = &param_desc {
+                                self.cout.extend_from_slice(p);
+                            }
+                            self.cout.extend_from_slice(&described);
+                        }
+                        b'D' => self
+                            .cout
+                            .extend_from_slice(&with_formats(&described, result_formats)),
+                        b'E' => {
+                            if let Some((_, c0)) = conns.first_mut() {
+                                if !self
+                                    .run_final(c0, &sql, &params, result_formats, None)
+                                    .await
+                                {
+                                    break;
+                                }
+                            }
+                        }
+                        b'C' => protocol::close_complete(&mut self.cout),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        release(conns);
+        protocol::ready_for_query(&mut self.cout, status);
+        Ok(())
+    }
+
+    /// Send every shard the partial query (shard 0 first describes the client's query) and
+    /// collect the partial rows. Err: refuse with 0A000 and this message.
+    async fn run_partials(
         &mut self,
         finish: &Finish,
-        original: &str,
+        original: &[u8],
+        param_types: &[u8],
+        params: &[u8],
         conns: &mut [(u32, PooledConn)],
-    ) -> Result<(), String> {
+    ) -> Result<Partials, String> {
         for (i, (_, c)) in conns.iter_mut().enumerate() {
             let mut out = BytesMut::new();
             if i == 0 {
-                protocol::parse_msg(&mut out, b"", original.as_bytes(), &[0, 0]);
+                protocol::parse_msg(&mut out, b"", original, param_types);
                 protocol::target_msg(&mut out, b'D', b'S', b"");
             }
-            protocol::parse_msg(&mut out, b"", finish.partial.as_bytes(), &[0, 0]);
-            // No parameters; one result format code: binary for every column.
-            protocol::bind_msg(&mut out, b"", b"", &[0, 0, 0, 0, 0, 1, 0, 1]);
+            protocol::parse_msg(&mut out, b"", finish.partial.as_bytes(), param_types);
+            // The client's parameters; one result format code: binary for every column.
+            let mut rest = BytesMut::from(params);
+            rest.put_slice(&[0, 1, 0, 1]);
+            protocol::bind_msg(&mut out, b"", b"", &rest);
             protocol::target_msg(&mut out, b'D', b'P', b"");
             execute_msg(&mut out);
             protocol::sync(&mut out);
@@ -230,6 +393,7 @@ impl Session {
                 };
                 match f[0] {
                     b'1' => parses += 1,
+                    b't' if i == 0 && parses == 1 => a.param_desc = Some(f),
                     b'T' if i == 0 && parses == 1 && a.described.is_none() => a.described = Some(f),
                     b'T' => a.partial = fields(&f),
                     b'D' if a.error.is_none() && !too_big => {
@@ -273,15 +437,16 @@ impl Session {
         if let Some(e) = answers.iter().find_map(|a| a.error.clone()) {
             let code = protocol::parse_error(&e).code;
             crate::metrics::count_error(&self.ctx.database, &code);
-            self.cout.extend_from_slice(&e);
-            return Ok(());
+            return Ok(Partials::Failed(e));
         }
+        let first = answers.first();
         let (Some(described), Some(partial)) = (
-            answers.first().and_then(|a| a.described.clone()),
-            answers.first().and_then(|a| a.partial.clone()),
+            first.and_then(|a| a.described.clone()),
+            first.and_then(|a| a.partial.clone()),
         ) else {
             return Err("the shards did not describe the query's result".into());
         };
+        let param_desc = first.and_then(|a| a.param_desc.clone());
         let out_fields = fields(&described).ok_or("malformed RowDescription from a shard")?;
         let cols = cols.unwrap_or_else(|| Columns::new(partial.len()));
         let Some((_, c0)) = conns.first_mut() else {
@@ -307,61 +472,79 @@ impl Session {
         };
         let sql = finish.final_sql(&named(&partial), &named(&out_fields))?;
         tracing::debug!(%sql, rows = cols.rows, "finishing a multi-shard read");
+        let elem_oids: Vec<u32> = partial.iter().map(|f| f.type_oid).collect();
+        let mut params = BytesMut::new();
+        cols.bind_params(&elem_oids, &mut params);
+        Ok(Partials::Ready {
+            described,
+            param_desc,
+            sql,
+            params,
+        })
+    }
+
+    /// Run the finishing query on `c0` and stream its rows (in `result_formats`) and tag to
+    /// the client; `description`: sent before the first row (simple Query). False when the
+    /// client or the server is gone.
+    async fn run_final(
+        &mut self,
+        c0: &mut PooledConn,
+        sql: &str,
+        params: &[u8],
+        result_formats: &[u8],
+        mut description: Option<&Bytes>,
+    ) -> bool {
         let mut out = BytesMut::new();
         protocol::parse_msg(&mut out, b"", sql.as_bytes(), &[0, 0]);
-        let mut rest = BytesMut::new();
-        let elem_oids: Vec<u32> = partial.iter().map(|f| f.type_oid).collect();
-        cols.bind_params(&elem_oids, &mut rest);
-        rest.put_i16(0); // results in text, as a simple Query's
+        let mut rest = BytesMut::from(params);
+        rest.put_slice(result_formats);
         protocol::bind_msg(&mut out, b"", b"", &rest);
         execute_msg(&mut out);
         protocol::sync(&mut out);
-        drop(cols);
         if c0.stream.write_all(&out).await.is_err() {
             c0.broken = true;
             self.client_error("08006", "shard connection lost while merging");
-            return Ok(());
+            return false;
         }
-        let mut sent_description = false;
         loop {
             let f = match c0.read_frame().await {
                 Ok(f) => f,
                 Err(e) => {
                     c0.broken = true;
                     self.client_error("08006", &format!("shard connection lost: {e}"));
-                    return Ok(());
+                    return false;
                 }
             };
             match f[0] {
-                b'D' | b'C' => {
-                    if !sent_description {
-                        self.cout.extend_from_slice(&described);
-                        sent_description = true;
+                b'D' | b'C' | b'E' => {
+                    if let Some(d) = description.take() {
+                        self.cout.extend_from_slice(d);
                     }
-                    self.cout.extend_from_slice(&f);
-                }
-                b'E' => {
-                    if !sent_description {
-                        self.cout.extend_from_slice(&described);
-                        sent_description = true;
+                    if f[0] == b'E' {
+                        let code = protocol::parse_error(&f).code;
+                        crate::metrics::count_error(&self.ctx.database, &code);
                     }
-                    let code = protocol::parse_error(&f).code;
-                    crate::metrics::count_error(&self.ctx.database, &code);
                     self.cout.extend_from_slice(&f);
                 }
                 b'N' | b'A' => self.cout.extend_from_slice(&f),
-                b'Z' => break,
+                b'Z' => return true,
                 _ => {}
             }
-            if self.cout.len() >= super::CLIENT_FLUSH_AT {
-                if self.flush_client().await.is_err() {
-                    // The client is gone; the server's answer is not read to its end.
-                    c0.broken = true;
-                    return Ok(());
-                }
+            if self.cout.len() >= super::CLIENT_FLUSH_AT && self.flush_client().await.is_err() {
+                // The client is gone; the server's answer is not read to its end.
+                c0.broken = true;
+                return false;
             }
         }
-        Ok(())
+    }
+}
+
+fn release(conns: Vec<(u32, PooledConn)>) {
+    for (_, c) in conns {
+        if !c.broken {
+            let p = c.pool.clone();
+            p.put(c);
+        }
     }
 }
 
