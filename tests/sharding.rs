@@ -241,7 +241,11 @@ async fn sharded_scenario(shards: Vec<(u16, String)>) {
     for _ in 0..2 {
         let counts = c.query(&count, &[]).await.unwrap();
         let counts: Vec<i64> = counts.iter().map(|r| r.get::<_, i64>(0)).collect();
-        assert_eq!(counts, [9_999], "one count over every shard, as one database answers");
+        assert_eq!(
+            counts,
+            [9_999],
+            "one count over every shard, as one database answers"
+        );
     }
     let touched = c
         .execute("UPDATE orders SET amount = amount WHERE amount >= 0", &[])

@@ -327,3 +327,97 @@ async fn cross_shard_reads_answer_what_one_database_answers() {
         wrong.join("\n")
     );
 }
+
+/// A table that is not sharded is a reference table: present on every shard with the same
+/// rows. Writes go to every shard, each in a transaction committed only if every shard
+/// succeeded, and answer as one database would (one count, one RETURNING row); reads go to
+/// one shard.
+#[tokio::test]
+async fn reference_tables_are_written_on_every_shard_and_answer_once() {
+    let pg = shared();
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let name = format!("ref_s{i}");
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        pg.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        shards.push(name);
+    }
+    let p = Pgvane::start(&config(free_port(), pg.port(), &shards));
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=shop",
+        p.port()
+    ))
+    .await;
+    c.batch_execute("CREATE TABLE countries (code text PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let tag = |msgs: &[SimpleQueryMessage]| {
+        msgs.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let m = c
+        .simple_query("INSERT INTO countries VALUES ('de', 'Germany')")
+        .await
+        .unwrap();
+    assert_eq!(tag(&m), 1, "one row inserted, as in one database");
+    let m = c
+        .simple_query("INSERT INTO countries (code, name) VALUES ('fr', 'France'), ('it', 'Italy') RETURNING code")
+        .await
+        .unwrap();
+    assert_eq!(tag(&m), 2);
+    let returned = m
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(returned, 2, "RETURNING rows once");
+    // The extended protocol too.
+    let n = c
+        .execute("INSERT INTO countries VALUES ($1, $2)", &[&"es", &"Spain"])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let n = c
+        .execute(
+            "UPDATE countries SET name = upper(name) WHERE code <> $1",
+            &[&"es"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    for db in &shards {
+        assert_eq!(
+            pg.psql(
+                db,
+                "SELECT string_agg(code || '=' || name, ',' ORDER BY code) FROM countries"
+            )
+            .trim(),
+            "de=GERMANY,es=Spain,fr=FRANCE,it=ITALY",
+            "{db} holds every row"
+        );
+    }
+    // A write that fails on one shard changes none.
+    pg.psql(&shards[2], "INSERT INTO countries VALUES ('pl', 'Poland')");
+    let err = c
+        .batch_execute("INSERT INTO countries VALUES ('nl', 'Netherlands'), ('pl', 'Poland')")
+        .await
+        .expect_err("duplicate key on one shard");
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+    for db in &shards {
+        assert_eq!(
+            pg.psql(db, "SELECT count(*) FROM countries WHERE code = 'nl'")
+                .trim(),
+            "0",
+            "{db}: rolled back"
+        );
+    }
+    // Reads answer once.
+    pg.psql(&shards[2], "DELETE FROM countries WHERE code = 'pl'");
+    for _ in 0..3 {
+        let rows = c.query("SELECT code FROM countries", &[]).await.unwrap();
+        assert_eq!(rows.len(), 4);
+    }
+}

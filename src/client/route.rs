@@ -50,6 +50,9 @@ pub enum Plan {
         split: Option<Vec<(u32, String)>>,
         /// A read that needs more than the shards' rows one after the other.
         finish: Option<Arc<crate::sharding::combine::Finish>>,
+        /// A write to tables present on every shard (reference tables): every shard runs
+        /// it, the client sees one shard's answer.
+        replicated: bool,
     },
     /// Reply with this error instead of running the statement.
     Reject(&'static str, String),
@@ -368,7 +371,9 @@ impl Session {
         let db = &self.ctx.db;
         // A multi-row INSERT whose rows land on different shards is split per shard.
         let is_insert_rows = matches!(plan, Some(ShardPlan::InsertRows { .. }));
-        if is_insert_rows || (analysis.kind == StatementKind::Insert && write) {
+        // No sharded table written: reference tables, the same rows on every shard.
+        let replicated = write && matches!(plan, Some(ShardPlan::Unsharded { write: true }));
+        if is_insert_rows || (analysis.kind == StatementKind::Insert && write && !replicated) {
             if analysis.multi_statement {
                 return Plan::Reject(
                     "0A000",
@@ -377,7 +382,7 @@ impl Session {
             }
             let lookup = |_: &str| cols.clone();
             match splan::split_insert(sql, &db.sharded_tables, db.shards.len() as u32, &lookup) {
-                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts), finish: None },
+                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts), finish: None, replicated: false },
                 Err(e) => {
                     return Plan::Reject(
                         "0A000",
@@ -399,6 +404,7 @@ impl Session {
             write,
             split: None,
             finish,
+            replicated,
         }
     }
 
@@ -753,12 +759,13 @@ impl Session {
                         write,
                         split,
                         finish,
+                        replicated,
                     } = plan
                     {
                         if write || self.tx_wrote {
                             return self.reject_cross_shard(true).await;
                         }
-                        self.fanout_query(frame.clone(), shards, write, split, finish)
+                        self.fanout_query(frame.clone(), shards, write, split, finish, replicated)
                             .await?;
                         return Ok(false);
                     }
@@ -824,8 +831,9 @@ impl Session {
                 write,
                 split,
                 finish,
+                replicated,
             } => {
-                self.fanout_query(frame.clone(), shards, write, split, finish)
+                self.fanout_query(frame.clone(), shards, write, split, finish, replicated)
                     .await?;
                 Ok(false)
             }
@@ -941,6 +949,7 @@ impl Session {
                 write,
                 split,
                 finish,
+                replicated,
             } => {
                 if let Some(f) = finish {
                     self.fanout_merged_extended(frame.clone(), shards, f)
@@ -955,7 +964,8 @@ impl Session {
                     );
                     return Ok(false);
                 }
-                self.fanout_extended(frame.clone(), shards, write).await?;
+                self.fanout_extended(frame.clone(), shards, write, replicated)
+                    .await?;
                 self.fanned_out = true;
                 Ok(false)
             }

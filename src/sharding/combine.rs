@@ -676,6 +676,13 @@ impl Rewrite<'_> {
     }
 }
 
+/// Does this SQL text hold a `$n` parameter?
+fn mentions_param(t: &str) -> bool {
+    t.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'$' && w[1].is_ascii_digit())
+}
+
 fn parse_expr(s: &str) -> Result<Expr, String> {
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     sqlparser::parser::Parser::new(&dialect)
@@ -861,6 +868,18 @@ fn aggregate_form(
     }
     if partials.is_empty() && n_keys == 0 {
         return Err(refuse("this aggregate query"));
+    }
+    let finished = final_items
+        .iter()
+        .chain(having.iter())
+        .chain(final_order.iter().map(|o| match o {
+            FinalOrder::Position(_, t) => t,
+            FinalOrder::Name(_, t, _) | FinalOrder::Expr(t, _) => t,
+        }));
+    if finished.into_iter().any(|t| mentions_param(t)) {
+        return Err(refuse(
+            "a parameter ($n) in the select list, HAVING or ORDER BY of a merged query",
+        ));
     }
     let n_cols = n_keys + partials.len();
     Ok(Combine::Finish(Box::new(Finish {

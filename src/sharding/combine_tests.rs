@@ -152,6 +152,15 @@ fn sorted_and_limited_rows_are_limited_per_shard_and_finished() {
 }
 
 #[test]
+fn parameters_in_the_partial_query_stay_there() {
+    let f = finish("SELECT count(*) FROM orders WHERE amount > $1 AND note = $2");
+    assert_eq!(
+        f.partial,
+        "SELECT count(*) AS _p1 FROM orders WHERE amount > $1 AND note = $2"
+    );
+}
+
+#[test]
 fn what_cannot_be_merged_exactly_is_refused() {
     for sql in [
         "SELECT string_agg(note, ',') FROM orders",
@@ -166,6 +175,8 @@ fn what_cannot_be_merged_exactly_is_refused() {
         "SELECT customer_id, count(*) FROM orders GROUP BY ROLLUP (customer_id)",
         "SELECT * FROM orders LIMIT $1",
         "SELECT count(DISTINCT id) FILTER (WHERE amount > 1) FROM orders",
+        "SELECT count(*) + $1 FROM orders",
+        "SELECT region, count(*) FROM orders GROUP BY region HAVING count(*) > $1",
     ] {
         match combine(sql) {
             Combine::Refuse(why) => assert!(why.contains("across shards"), "{sql}: {why}"),

@@ -28,6 +28,7 @@ impl Session {
         first: Bytes,
         shards: ShardSet,
         write: bool,
+        replicated: bool,
     ) -> Result<(), End> {
         let Some(frames) = self.take_batch(first).await? else {
             return Ok(());
@@ -137,7 +138,9 @@ impl Session {
         let Some(mut conns) = self.checkout_shards(shards, status).await else {
             return Ok(());
         };
-        let mut m = Merge::new(conns.len(), CopyOut::default(), write).parse_completes(parses);
+        let mut m = Merge::new(conns.len(), CopyOut::default(), write)
+            .parse_completes(parses)
+            .replicated(replicated);
         let payload = out.freeze();
         for (i, (s, c)) in conns.iter_mut().enumerate() {
             let mut begin = BytesMut::new();

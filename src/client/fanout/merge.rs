@@ -73,6 +73,9 @@ pub struct Merge {
     failed: bool,
     /// Extended protocol: for each ParseComplete to come, whether the client asked for it.
     parse_visible: std::collections::VecDeque<bool>,
+    /// A write to a table present on every shard (a reference table): the client sees the
+    /// first shard's rows and tags (every shard did the same), not their sum.
+    replicated: bool,
 }
 
 const BINARY_HEADER: usize = 19;
@@ -99,7 +102,14 @@ impl Merge {
             tail: BytesMut::new(),
             failed: false,
             parse_visible: Default::default(),
+            replicated: false,
         }
+    }
+
+    /// See `replicated`: the answer is the first shard's.
+    pub fn replicated(mut self, on: bool) -> Self {
+        self.replicated = on;
+        self
     }
 
     /// Extended protocol: the batch's ParseCompletes, in order, and whether each goes to the
@@ -205,7 +215,11 @@ impl Merge {
                 }
             }
             State::Rows { cur } => match tag {
-                b'D' => out.extend_from_slice(&f),
+                b'D' => {
+                    if !self.replicated || cur == 0 {
+                        out.extend_from_slice(&f)
+                    }
+                }
                 b'C' => {
                     self.tags[cur] = protocol::command_tag(&f).to_vec();
                     self.rows_from(cur + 1, out);
@@ -283,7 +297,9 @@ impl Merge {
         while cur < self.n {
             match self.heads[cur].take() {
                 Some(h) if h[0] == b'D' => {
-                    out.extend_from_slice(&h);
+                    if !self.replicated || cur == 0 {
+                        out.extend_from_slice(&h);
+                    }
                     break;
                 }
                 Some(h) if h[0] == b'C' => {
@@ -302,7 +318,11 @@ impl Merge {
 
     fn emit_tags(&mut self, out: &mut BytesMut) {
         let tags: Vec<&[u8]> = self.tags.iter().map(|t| t.as_slice()).collect();
-        let merged = super::merge_tags(&tags);
+        let merged = if self.replicated {
+            String::from_utf8_lossy(tags.first().copied().unwrap_or_default()).into_owned()
+        } else {
+            super::merge_tags(&tags)
+        };
         if self.hold_tags {
             self.tail.clear();
             protocol::command_complete(&mut self.tail, &merged);

@@ -216,6 +216,7 @@ impl Session {
         write: bool,
         split: Option<Vec<(u32, String)>>,
         finish: Option<std::sync::Arc<crate::sharding::combine::Finish>>,
+        replicated: bool,
     ) -> Result<(), End> {
         let db = self.ctx.db.clone();
         let in_tx = self.server.is_some() || self.deferred_begin.is_some();
@@ -265,7 +266,7 @@ impl Session {
         let Some(mut conns) = self.checkout_shards(shards, status).await else {
             return Ok(());
         };
-        let mut m = Merge::new(conns.len(), copy_out, wrap);
+        let mut m = Merge::new(conns.len(), copy_out, wrap).replicated(replicated);
         for (i, (s, c)) in conns.iter_mut().enumerate() {
             let mut out = BytesMut::new();
             if wrap {
