@@ -421,3 +421,70 @@ async fn reference_tables_are_written_on_every_shard_and_answer_once() {
         assert_eq!(rows.len(), 4);
     }
 }
+
+/// A negative key, written as `-5` or as a cast string, goes to its one shard.
+#[tokio::test]
+async fn negative_and_cast_literal_keys_route_to_one_shard() {
+    let pg = shared();
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let name = format!("neg_s{i}");
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        pg.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        shards.push(name);
+    }
+    let p = Pgvane::start(&config(free_port(), pg.port(), &shards));
+    let c = connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=shop",
+        p.port()
+    ))
+    .await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute("INSERT INTO orders (customer_id, id) VALUES (-5, 1), (-7, 2), (5, 3)")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT id FROM orders WHERE customer_id = -5",
+        "SELECT id FROM orders WHERE customer_id = '-5'::bigint",
+        "SELECT id FROM orders WHERE customer_id = (-5)",
+        "SELECT id FROM orders WHERE customer_id IN (-5, -7)",
+    ] {
+        let route = c
+            .simple_query(&format!("EXPLAIN ROUTE {sql}"))
+            .await
+            .unwrap();
+        let target = route
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap();
+        let expect_one = !sql.contains("IN (");
+        assert_eq!(
+            target.starts_with("shard "),
+            expect_one,
+            "{sql}: routed to {target}"
+        );
+        let rows = answer(&c, sql).await.unwrap().1;
+        assert!(
+            rows.contains(&vec![Some("1".to_string())]),
+            "{sql}: {rows:?}"
+        );
+    }
+    // Every row is on the shard PostgreSQL's hash partitioning places it.
+    for (i, db) in shards.iter().enumerate() {
+        pg.psql(
+            db,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS hp(customer_id bigint) PARTITION BY HASH (customer_id); \
+                 CREATE TABLE IF NOT EXISTS hp_x PARTITION OF hp FOR VALUES WITH (MODULUS 3, REMAINDER {i})"
+            ),
+        );
+        let misplaced = pg.psql(
+            db,
+            &format!("SELECT count(*) FROM orders WHERE NOT satisfies_hash_partition('hp'::regclass, 3, {i}, customer_id)"),
+        );
+        assert_eq!(misplaced.trim(), "0", "{db}");
+    }
+}

@@ -52,6 +52,8 @@ pub enum KeyRef {
     Param(usize),
     /// Index into the normalized literal list.
     Literal(usize),
+    /// `-` before a normalized literal (`= -5`: the normalizer keeps the sign out).
+    NegLiteral(usize),
     /// A literal left in the AST (raw text parse): its text (string content, unescaped,
     /// or number text).
     Const(String),
@@ -390,6 +392,10 @@ fn key_ref(e: &Expr) -> Option<KeyRef> {
         } => match strip(expr) {
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => Some(KeyRef::Const(format!("-{n}"))),
+                Value::Placeholder(p) => match placeholder(p) {
+                    Some(KeyRef::Literal(i)) => Some(KeyRef::NegLiteral(i)),
+                    _ => None,
+                },
                 _ => None,
             },
             _ => None,

@@ -340,6 +340,13 @@ fn key_value(k: &KeyRef, kt: KeyType, values: &Values) -> Result<OwnedKey, Strin
             Some(s) => parse_text(s, kt),
             None => Err(format!("literal #{} has no value", i + 1)),
         },
+        KeyRef::NegLiteral(i) => match values.literals.get(*i) {
+            Some(s) => match s.strip_prefix('-') {
+                Some(positive) => parse_text(positive, kt),
+                None => parse_text(&format!("-{s}"), kt),
+            },
+            None => Err(format!("literal #{} has no value", i + 1)),
+        },
         KeyRef::Param(n) => {
             let (format, value) = param(*n, values)?;
             let oid = param_oid(*n, values);
