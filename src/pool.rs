@@ -107,6 +107,10 @@ pub struct PoolStats {
     pub xact_time_us: AtomicU64,
     pub query_time_us: AtomicU64,
     pub errors: AtomicU64,
+    /// Of `xact_count`/`query_count`: the shards after the first of multi-shard statements.
+    /// Per-shard views (SHOW SHARDS, SHOW POOLS) count every shard a statement ran on; the
+    /// per-database totals (SHOW STATS) count each client statement once.
+    pub fanout_extra: AtomicU64,
 }
 
 /// Identity of a pool.

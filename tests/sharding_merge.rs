@@ -90,8 +90,12 @@ const REFUSED: &[&str] = &[
 ];
 
 fn config(listen: u16, pg_port: u16, dbs: &[String]) -> String {
+    config_with(listen, pg_port, dbs, "")
+}
+
+fn config_with(listen: u16, pg_port: u16, dbs: &[String], general: &str) -> String {
     let mut s = format!(
-        "[general]\nlisten_addr = \"127.0.0.1:{listen}\"\ndefault_pool_size = 4\nauth_type = \"trust\"\n\n\
+        "[general]\nlisten_addr = \"127.0.0.1:{listen}\"\ndefault_pool_size = 4\nauth_type = \"trust\"\n{general}\n\n\
          [[users]]\nname = \"app\"\npassword = \"app-secret\"\n\n\
          [[users]]\nname = \"trustuser\"\n\n[[databases]]\nname = \"shop\"\n"
     );
@@ -487,4 +491,106 @@ async fn negative_and_cast_literal_keys_route_to_one_shard() {
         );
         assert_eq!(misplaced.trim(), "0", "{db}");
     }
+}
+
+/// SHOW STATS counts a multi-shard statement once for its database, SHOW SHARDS and
+/// /metrics' pgvane_queries_total once on every shard it ran on.
+#[tokio::test]
+async fn multi_shard_statements_are_counted_once_and_on_every_shard() {
+    let pg = shared();
+    let mut shards = Vec::new();
+    for i in 0..3 {
+        let name = format!("stat_s{i}");
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {name}"));
+        pg.psql("postgres", &format!("CREATE DATABASE {name} OWNER app"));
+        shards.push(name);
+    }
+    let mport = free_port();
+    let p = Pgvane::start(&config_with(
+        free_port(),
+        pg.port(),
+        &shards,
+        &format!("admin_users = [\"app\"]\nmetrics_addr = \"127.0.0.1:{mport}\""),
+    ));
+    let url = |db: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=app password=app-secret dbname={db}",
+            p.port()
+        )
+    };
+    let c = connect(&url("shop")).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute("CREATE TABLE tags (t text)").await.unwrap();
+    let admin = connect(&url("pgvane")).await;
+    let stat = |rows: Vec<SimpleQueryMessage>, key: &str, col: &str| -> Vec<u64> {
+        rows.iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) if r.get("database") == Some(key) => {
+                    r.get(col).and_then(|v| v.parse().ok())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let before = stat(
+        admin.simple_query("SHOW STATS").await.unwrap(),
+        "shop",
+        "total_query_count",
+    );
+    let shards_before = stat(
+        admin.simple_query("SHOW SHARDS").await.unwrap(),
+        "shop",
+        "queries",
+    );
+    let statements = [
+        "SELECT * FROM orders",
+        "SELECT count(*) FROM orders",
+        "SELECT customer_id FROM orders ORDER BY customer_id LIMIT 3",
+        "INSERT INTO tags VALUES ('a')",
+        "SELECT sum(amount) FROM orders GROUP BY region",
+    ];
+    for sql in statements {
+        c.simple_query(sql).await.unwrap();
+    }
+    let after = stat(
+        admin.simple_query("SHOW STATS").await.unwrap(),
+        "shop",
+        "total_query_count",
+    );
+    let shards_after = stat(
+        admin.simple_query("SHOW SHARDS").await.unwrap(),
+        "shop",
+        "queries",
+    );
+    assert_eq!(
+        after[0] - before[0],
+        statements.len() as u64,
+        "SHOW STATS: once per statement"
+    );
+    assert_eq!(shards_after.len(), 3);
+    for i in 0..3 {
+        assert_eq!(
+            shards_after[i] - shards_before[i],
+            statements.len() as u64,
+            "SHOW SHARDS shard {i}: once per statement that ran on it"
+        );
+    }
+    // /metrics: the same counts.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains("database=\"shop\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("pgvane_database_queries_total") as u64, after[0]);
+    assert_eq!(
+        sum("pgvane_queries_total{") as u64,
+        shards_after.iter().sum::<u64>()
+    );
 }

@@ -31,8 +31,9 @@ pub struct Totals {
 impl Totals {
     fn add(&mut self, s: &PoolStats) {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        self.xact_count += l(&s.xact_count);
-        self.query_count += l(&s.query_count);
+        let extra = l(&s.fanout_extra);
+        self.xact_count += l(&s.xact_count).saturating_sub(extra);
+        self.query_count += l(&s.query_count).saturating_sub(extra);
         self.received += l(&s.bytes_received);
         self.sent += l(&s.bytes_sent);
         self.xact_time += l(&s.xact_time_us);

@@ -117,6 +117,11 @@ const SPECS: &[Spec] = &[
     gauge("pgvane_database_disabled", "1 while the database is disabled (DISABLE).", DB),
     gauge("pgvane_database_paused", "1 while the database is paused (PAUSE).", DB),
     counter(
+        "pgvane_database_queries_total",
+        "Client statements served (a statement that ran on several shards counts once; pgvane_queries_total counts it on every shard).",
+        DB,
+    ),
+    counter(
         "pgvane_routed_total",
         "Statements/transactions routed, by destination: primary, replica, shard (one shard of a sharded database) or fanout (all shards).",
         &["database", "route"],
@@ -450,6 +455,13 @@ impl Collector for AppCollector {
             let _ = h.pool_wait.with_label_values(&[name]);
         }
 
+        for (db, t) in crate::admin::stats::totals_by_db(&app) {
+            s.put(
+                "pgvane_database_queries_total",
+                &[&db],
+                t.query_count as f64,
+            );
+        }
         for rt in app.all_dbs() {
             let name = rt.name.as_str();
             let st = &rt.stats;

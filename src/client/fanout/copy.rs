@@ -513,6 +513,7 @@ fn route_rows(
 
 /// Idle shards back to the pool; the others are closed (which rolls them back).
 fn release(sh: Vec<Shard>) {
+    super::account_fanout(sh.iter().map(|s| &s.conn));
     for s in sh {
         if !s.conn.broken && !s.in_copy {
             let p = s.conn.pool.clone();

@@ -540,6 +540,7 @@ impl Session {
 }
 
 fn release(conns: Vec<(u32, PooledConn)>) {
+    super::account_fanout(conns.iter().map(|(_, c)| c));
     for (_, c) in conns {
         if !c.broken {
             let p = c.pool.clone();

@@ -159,6 +159,19 @@ pub fn merge_tags(tags: &[&[u8]]) -> String {
     format!("{prefix} {total}")
 }
 
+/// Count a multi-shard statement: once on every shard it ran on, once for the database.
+pub(crate) fn account_fanout<'a>(conns: impl IntoIterator<Item = &'a PooledConn>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (i, c) in conns.into_iter().enumerate() {
+        let st = &c.pool.stats;
+        st.query_count.fetch_add(1, Relaxed);
+        st.xact_count.fetch_add(1, Relaxed);
+        if i > 0 {
+            st.fanout_extra.fetch_add(1, Relaxed);
+        }
+    }
+}
+
 impl Session {
     /// One server per target shard (primaries), with the client's settings applied. On
     /// failure the error and a ReadyForQuery(`status`) are queued and None is returned.
@@ -376,6 +389,7 @@ impl Session {
         if write && ok {
             self.tx_wrote = true;
         }
+        account_fanout(conns.iter().map(|(_, c)| c));
         for (_, c) in conns {
             if !c.broken {
                 let p = c.pool.clone();
