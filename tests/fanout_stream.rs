@@ -240,3 +240,55 @@ async fn a_shard_error_after_rows_reaches_the_client_and_connections_stay_usable
         assert_eq!(counts, [2]);
     }
 }
+
+/// An ordered fan-out of 1,000,000 rows is merged as it streams: pgvane holds one row per
+/// shard, so its memory does not grow with the result (RSS growth < 50 MiB), and the rows
+/// arrive in order, all of them, with the tag one database would send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_million_row_fanout_streams_in_bounded_memory() {
+    let shards = shard_dbs(shared(), "fsorted");
+    let p = Pgvane::start(&config(free_port(), &shards));
+    let _c = seed(&p).await;
+    let mut r = Raw::connect(p.port(), "app", "big");
+    let base = vm_rss_kib(p.pid());
+    // 500,000 rows per shard; the same g on both shards, so the merge interleaves them.
+    r.query("SELECT g, md5(g::text) AS h FROM seeds, generate_series(1, 500000) g ORDER BY g DESC");
+    let (mut rows, mut last, mut peak, mut tag) = (0u64, u64::MAX, base, String::new());
+    let mut replies = String::new();
+    loop {
+        let m = r.read_msg_chunked(64 * 1024);
+        if m.tag != b'D' {
+            replies.push(m.tag as char);
+        }
+        match m.tag {
+            b'D' => {
+                let b = &m.body;
+                assert_eq!(
+                    u16::from_be_bytes([b[0], b[1]]),
+                    2,
+                    "the sort key column is not sent"
+                );
+                let l1 = u32::from_be_bytes([b[2], b[3], b[4], b[5]]) as usize;
+                let g: u64 = std::str::from_utf8(&b[6..6 + l1]).unwrap().parse().unwrap();
+                assert!(g <= last, "row {rows}: {g} after {last}");
+                last = g;
+                rows += 1;
+                if rows % 100_000 == 0 {
+                    peak = peak.max(vm_rss_kib(p.pid()));
+                }
+            }
+            b'C' => tag = m.tag_text(),
+            b'E' => panic!("error: {}", m.message()),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    peak = peak.max(vm_rss_kib(p.pid()));
+    let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;
+    eprintln!("ordered fan-out of {rows} rows: pgvane RSS {base} kB -> peak {peak} kB (+{growth_mib:.1} MiB)");
+    assert_eq!(replies, "TCZ");
+    assert_eq!(rows, 1_000_000);
+    assert_eq!(last, 1);
+    assert_eq!(tag, "SELECT 1000000");
+    assert!(growth_mib < 50.0, "RSS grew {growth_mib:.1} MiB");
+}

@@ -61,6 +61,18 @@ const CORPUS: &[&str] = &[
     "=SELECT customer_id, id FROM orders ORDER BY customer_id, id OFFSET 1190",
     "=SELECT customer_id, id FROM orders ORDER BY customer_id, id FETCH FIRST 4 ROWS ONLY",
     "SELECT * FROM orders LIMIT 0",
+    // sort keys of every kind: merged as the shards stream (integers, numeric, dates,
+    // booleans, floats, text under a byte-order collation) or finished by PostgreSQL
+    // (expressions over text, intervals)
+    "=SELECT customer_id, id FROM orders ORDER BY lower(note) NULLS FIRST, customer_id, id LIMIT 8",
+    "=SELECT note, customer_id, id FROM orders ORDER BY note COLLATE \"C\" DESC NULLS LAST, customer_id, id LIMIT 5",
+    "=SELECT price, id, customer_id FROM orders ORDER BY price, id, customer_id LIMIT 20 OFFSET 5",
+    "=SELECT created, id, customer_id FROM orders ORDER BY created DESC, id, customer_id LIMIT 10",
+    "=SELECT flag, id, customer_id FROM orders ORDER BY flag NULLS FIRST, id, customer_id LIMIT 10",
+    "=SELECT id, customer_id, amount::float8 / 7 AS f FROM orders ORDER BY f DESC NULLS LAST, id, customer_id LIMIT 10",
+    "=SELECT id, customer_id FROM orders ORDER BY 2 DESC, 1 LIMIT 10",
+    "=SELECT id, customer_id, (created - date '2026-01-01') * interval '1 day' AS iv FROM orders ORDER BY iv, id, customer_id LIMIT 5",
+    "=SELECT customer_id, id, note FROM orders ORDER BY customer_id, id",
     // DISTINCT
     "SELECT DISTINCT region FROM orders",
     "SELECT DISTINCT region, flag FROM orders",

@@ -56,6 +56,30 @@ pub struct Finish {
     offset: u64,
     with_ties: bool,
     extras: usize,
+    /// Row form with ORDER BY: the shards' sorted rows can also be merged as they stream,
+    /// when pgvane can compare the sort keys' types (decided when their types are known).
+    pub stream: Option<Stream>,
+}
+
+/// A streaming k-way merge of shards' sorted rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stream {
+    /// What every shard runs: the client's select list, then each ORDER BY key as an extra
+    /// column (fetched in binary, compared by pgvane, dropped before the client sees the
+    /// row), the client's ORDER BY, and `LIMIT limit + offset` if it has a LIMIT.
+    pub partial: String,
+    pub keys: Vec<StreamKey>,
+    pub limit: Option<u64>,
+    pub offset: u64,
+}
+
+/// One ORDER BY key of a [`Stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamKey {
+    pub desc: bool,
+    pub nulls_first: bool,
+    /// `COLLATE "C"` / `"POSIX"` written on the key: byte order is its order.
+    pub byte_collation: bool,
 }
 
 /// One final ORDER BY item.
@@ -548,6 +572,11 @@ fn row_form(
         // Sorting is pgvane's job then; the shards need not.
         partial.order_by = None;
     }
+    let stream = if distinct || with_ties || order.is_empty() {
+        None
+    } else {
+        stream_plan(q, select, order, limit, offset)
+    };
     Ok(Combine::Finish(Box::new(Finish {
         partial: partial.to_string(),
         agg: None,
@@ -559,7 +588,86 @@ fn row_form(
         offset,
         with_ties,
         extras: extras.len(),
+        stream,
     })))
+}
+
+/// The streaming form of a sorted row query (None when a key cannot be named as an
+/// expression: a position into `SELECT *`).
+fn stream_plan(
+    q: &Query,
+    select: &Select,
+    order: &[OrderByExpr],
+    limit: Option<u64>,
+    offset: u64,
+) -> Option<Stream> {
+    let mut partial = q.clone();
+    let mut keys = Vec::new();
+    let mut exprs = Vec::new();
+    for o in order {
+        let (inner, collation) = match &o.expr {
+            Expr::Collate { expr, collation } => (expr.as_ref(), Some(collation.to_string())),
+            e => (e, None),
+        };
+        let item = |i: usize| {
+            select
+                .projection
+                .get(i)
+                .and_then(output_expr)
+                .map(|(e, _)| e)
+        };
+        let e = if let Some(n) = position(inner) {
+            item(n.checked_sub(1)?)?.clone()
+        } else if let Some(i) = bare_name(inner).and_then(|n| alias_position(select, &n)) {
+            item(i)?.clone()
+        } else {
+            inner.clone()
+        };
+        let e = match &collation {
+            Some(_) => match &o.expr {
+                Expr::Collate { collation, .. } => Expr::Collate {
+                    expr: Box::new(e),
+                    collation: collation.clone(),
+                },
+                _ => e,
+            },
+            None => e,
+        };
+        let desc = matches!(o.options.sort, Some(sqlparser::ast::OrderBySort::Desc));
+        let byte = collation.is_some_and(|c| {
+            let c = c.trim_matches('"').to_ascii_lowercase();
+            c == "c" || c == "posix" || c.ends_with(".\"c\"") || c.ends_with(".\"posix\"")
+        });
+        keys.push(StreamKey {
+            desc,
+            nulls_first: o.options.nulls_first.unwrap_or(desc),
+            byte_collation: byte,
+        });
+        exprs.push(e);
+    }
+    if let SetExpr::Select(s) = partial.body.as_mut() {
+        for (i, e) in exprs.into_iter().enumerate() {
+            s.projection.push(SelectItem::ExprWithAlias {
+                expr: e,
+                alias: Ident::new(format!("_pgvane_k{}", i + 1)),
+            });
+        }
+    }
+    partial.fetch = None;
+    partial.limit_clause = limit.map(|l| LimitClause::LimitOffset {
+        limit: Some(Expr::value(Value::Number(
+            l.saturating_add(offset).to_string(),
+            false,
+        ))),
+        offset: None,
+        limit_by: Vec::new(),
+    });
+    Some(Stream {
+        partial: partial.to_string(),
+        keys,
+        limit,
+        offset,
+    })
 }
 
 /// Rewrites an expression of the client's query into one over the partial columns, and
@@ -893,6 +1001,7 @@ fn aggregate_form(
         offset,
         with_ties,
         extras: 0,
+        stream: None,
     })))
 }
 

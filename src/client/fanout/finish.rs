@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::super::session::{End, Session};
+use super::stream::{Binding, Prep};
 use crate::pool::PooledConn;
 use crate::protocol;
 use crate::sharding::combine::{Column, Finish};
@@ -25,22 +26,26 @@ pub const MAX_PARTIAL_BYTES: usize = 64 * 1024 * 1024;
 
 /// One column of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Field {
-    name: String,
-    type_oid: u32,
+pub(super) struct Field {
+    pub name: String,
+    pub type_oid: u32,
+    pub table_oid: u32,
+    pub attnum: i16,
 }
 
-fn fields(frame: &[u8]) -> Option<Vec<Field>> {
+pub(super) fn fields(frame: &[u8]) -> Option<Vec<Field>> {
     let mut b = frame.get(5..)?;
     let n = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
     b = &b[2..];
     let mut out = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n {
         let name = protocol::read_cstr(&mut b).ok()?;
-        let t = b.get(6..10)?;
+        let t = b.get(..10)?;
         out.push(Field {
             name: String::from_utf8_lossy(name).into_owned(),
-            type_oid: u32::from_be_bytes([t[0], t[1], t[2], t[3]]),
+            table_oid: u32::from_be_bytes([t[0], t[1], t[2], t[3]]),
+            attnum: i16::from_be_bytes([t[4], t[5]]),
+            type_oid: u32::from_be_bytes([t[6], t[7], t[8], t[9]]),
         });
         b = b.get(18..)?;
     }
@@ -142,7 +147,7 @@ fn builtin_type(oid: u32) -> Option<&'static str> {
     })
 }
 
-fn execute_msg(out: &mut BytesMut) {
+pub(super) fn execute_msg(out: &mut BytesMut) {
     out.put_u8(b'E');
     out.put_i32(9);
     out.put_u8(0);
@@ -239,6 +244,32 @@ impl Session {
             return Ok(());
         };
         match self
+            .try_stream(&finish, original.as_bytes(), &[0, 0], &mut conns)
+            .await
+        {
+            Err(msg) => {
+                self.client_error("0A000", &msg);
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Failed(e))) => {
+                self.cout.extend_from_slice(&e);
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Ready(p))) => {
+                if let Some(st) = &finish.stream {
+                    let d = p.described.clone();
+                    let bind = Binding {
+                        param_types: &[0, 0],
+                        params: &[0, 0, 0, 0],
+                        formats: &[0, 0],
+                    };
+                    self.stream_run(st, &p, bind, &mut conns, Some(&d)).await;
+                }
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Fallback)) | Ok(None) => {}
+        }
+        match self
             .run_partials(
                 &finish,
                 original.as_bytes(),
@@ -295,6 +326,51 @@ impl Session {
             return Ok(());
         };
         match self
+            .try_stream(&finish, original, param_types, &mut conns)
+            .await
+        {
+            Err(msg) => {
+                self.client_error("0A000", &msg);
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Failed(e))) => {
+                self.cout.extend_from_slice(&e);
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Ready(p))) => {
+                let Some(st) = finish.stream.as_ref() else {
+                    return self.end_merged(conns, status);
+                };
+                for f in frames {
+                    match f[0] {
+                        b'P' => protocol::parse_complete(&mut self.cout),
+                        b'B' => self.cout.extend_from_slice(&[b'2', 0, 0, 0, 4]),
+                        b'D' if f.get(5) == Some(&b'S') => {
+                            if let Some(pd) = &p.param_desc {
+                                self.cout.extend_from_slice(pd);
+                            }
+                            self.cout.extend_from_slice(&p.described);
+                        }
+                        b'D' => self
+                            .cout
+                            .extend_from_slice(&with_formats(&p.described, result_formats)),
+                        b'E' => {
+                            let bind = Binding {
+                                param_types,
+                                params,
+                                formats: result_formats,
+                            };
+                            self.stream_run(st, &p, bind, &mut conns, None).await
+                        }
+                        b'C' => protocol::close_complete(&mut self.cout),
+                        _ => {}
+                    }
+                }
+                return self.end_merged(conns, status);
+            }
+            Ok(Some(Prep::Fallback)) | Ok(None) => {}
+        }
+        match self
             .run_partials(&finish, original, param_types, params, &mut conns)
             .await
         {
@@ -336,6 +412,28 @@ impl Session {
                 }
             }
         }
+        release(conns);
+        protocol::ready_for_query(&mut self.cout, status);
+        Ok(())
+    }
+
+    /// The streaming merge's preparation, when the plan has one (None: it has not).
+    async fn try_stream(
+        &mut self,
+        finish: &Finish,
+        original: &[u8],
+        param_types: &[u8],
+        conns: &mut [(u32, PooledConn)],
+    ) -> Result<Option<Prep>, String> {
+        let (Some(st), Some((_, c0))) = (finish.stream.as_ref(), conns.first_mut()) else {
+            return Ok(None);
+        };
+        self.stream_prepare(st, original, param_types, c0)
+            .await
+            .map(Some)
+    }
+
+    fn end_merged(&mut self, conns: Vec<(u32, PooledConn)>, status: u8) -> Result<(), End> {
         release(conns);
         protocol::ready_for_query(&mut self.cout, status);
         Ok(())
@@ -549,7 +647,7 @@ fn release(conns: Vec<(u32, PooledConn)>) {
     }
 }
 
-fn error_frame(code: &str, msg: &str) -> Bytes {
+pub(super) fn error_frame(code: &str, msg: &str) -> Bytes {
     let mut b = BytesMut::new();
     protocol::error_response(&mut b, "ERROR", code, msg);
     b.freeze()

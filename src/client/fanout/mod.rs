@@ -14,6 +14,8 @@ mod copy_format;
 mod extended;
 mod finish;
 pub mod merge;
+mod order;
+mod stream;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
