@@ -33,6 +33,10 @@ const CORPUS: &[&str] = &[
     "SELECT count(*) FROM orders WHERE customer_id IN (1, 2, 3, 500, 777)",
     "SELECT count(*) + 1, 'x' AS label FROM orders",
     "SELECT max(created), min(created) FROM orders",
+    "SELECT stddev(amount), variance(amount), stddev_pop(price), var_pop(price), var_samp(customer_id) FROM orders",
+    "SELECT stddev_samp(amount) FILTER (WHERE flag), variance(price) FROM orders WHERE customer_id < 5",
+    "SELECT stddev(amount) FROM orders WHERE customer_id = 1 AND id < 0",
+    "SELECT region, stddev(price), var_samp(amount) FROM orders GROUP BY region",
     // GROUP BY, HAVING
     "SELECT region, count(*) FROM orders GROUP BY region",
     "SELECT region, count(*), sum(amount), avg(amount), min(note) FROM orders GROUP BY 1",
@@ -91,7 +95,7 @@ const CORPUS: &[&str] = &[
 const REFUSED: &[&str] = &[
     "SELECT string_agg(note, ',') FROM orders",
     "SELECT array_agg(id) FROM orders",
-    "SELECT stddev(amount) FROM orders",
+    "SELECT stddev(amount::float8) FROM orders",
     "SELECT id, rank() OVER (ORDER BY amount) FROM orders",
     "SELECT DISTINCT ON (region) region, id FROM orders",
     "SELECT region FROM orders UNION SELECT region FROM orders",

@@ -107,6 +107,10 @@ fn known_aggregate(name: &str) -> Option<&'static str> {
         "bool_or" => "bool_or",
         "bit_and" => "bit_and",
         "bit_or" => "bit_or",
+        "stddev" | "stddev_samp" => "stddev_samp",
+        "stddev_pop" => "stddev_pop",
+        "variance" | "var_samp" => "var_samp",
+        "var_pop" => "var_pop",
         _ => return None,
     })
 }
@@ -124,12 +128,6 @@ const OTHER_AGGREGATES: &[&str] = &[
     "json_objectagg",
     "json_arrayagg",
     "xmlagg",
-    "stddev",
-    "stddev_pop",
-    "stddev_samp",
-    "variance",
-    "var_pop",
-    "var_samp",
     "covar_pop",
     "covar_samp",
     "corr",
@@ -726,9 +724,9 @@ impl Rewrite<'_> {
             FunctionArguments::None => return Err(refuse(&format!("{name} without arguments"))),
             FunctionArguments::Subquery(_) => return Err(refuse(&format!("{name}(subquery)"))),
         };
-        if known_aggregate(name).is_none() {
+        let Some(canonical) = known_aggregate(name) else {
             return Err(refuse(&format!("the aggregate {name}()")));
-        }
+        };
         if !list.clauses.is_empty() || !f.within_group.is_empty() {
             return Err(refuse(&format!("{name}() with ORDER BY or other clauses")));
         }
@@ -759,7 +757,7 @@ impl Rewrite<'_> {
                 .unwrap_or_else(|| "*".into());
             parse_expr(&format!("{fname}({a}){filter}"))
         };
-        let text = match name {
+        let text = match canonical {
             "count" => {
                 let c = self.partial_col(agg("count", &arg)?);
                 format!("coalesce(sum({c}), 0)::int8")
@@ -775,10 +773,44 @@ impl Rewrite<'_> {
                 let s = self.partial_col(agg("sum", &arg)?);
                 format!("sum({s})::__pgvane_type_{s}")
             }
-            other => {
-                let c = self.partial_col(agg(other, &arg)?);
-                format!("{other}({c})")
+            "stddev_samp" | "stddev_pop" | "var_samp" | "var_pop" => {
+                // PostgreSQL's numeric formula (numeric_stddev_internal) over exact sums:
+                // (N * sum(x*x) - sum(x)^2) / (N * (N - 1)) (or N * N), 0 when the
+                // numerator is not positive, the square root at the division's scale.
+                let Some(a) = arg.as_ref() else {
+                    return Err(refuse(&format!("{name}(*)")));
+                };
+                let n = self.partial_col(agg("count", &arg)?);
+                let s = self.partial_col(agg("sum", &arg)?);
+                let q = self.partial_col(parse_expr(&format!(
+                    "sum(({a})::numeric * ({a})::numeric){filter}"
+                ))?);
+                let num = format!(
+                    "(sum({n})::numeric * sum({q}) - sum({s})::__pgvane_num_{s} * sum({s})::numeric)"
+                );
+                let sample = canonical.ends_with("_samp");
+                let den = if sample {
+                    format!("(sum({n})::numeric * (sum({n})::numeric - 1))")
+                } else {
+                    format!("(sum({n})::numeric * sum({n})::numeric)")
+                };
+                let var = format!("({num} / {den})");
+                let value = if canonical.starts_with("stddev") {
+                    format!("round(sqrt({var} * 1.00000000000000000000), scale({var}))")
+                } else {
+                    var
+                };
+                let min = if sample { 1 } else { 0 };
+                format!(
+                    "CASE WHEN sum({n}) <= {min} THEN NULL WHEN {num} <= 0 THEN 0::numeric ELSE {value} END"
+                )
             }
+            // Combined by themselves: the minimum of minimums, the AND of ANDs, ...
+            same @ ("min" | "max" | "bool_and" | "bool_or" | "every" | "bit_and" | "bit_or") => {
+                let c = self.partial_col(agg(same, &arg)?);
+                format!("{same}({c})")
+            }
+            other => return Err(refuse(&format!("the aggregate {other}()"))),
         };
         parse_expr(&text)
     }
@@ -1048,8 +1080,8 @@ impl Finish {
                 items
                     .iter()
                     .zip(out)
-                    .map(|(e, o)| format!("({})::{}", fill_types(e, partial), o.type_name))
-                    .collect()
+                    .map(|(e, o)| Ok(format!("({})::{}", fill_types(e, partial)?, o.type_name)))
+                    .collect::<Result<_, String>>()?
             }
             None => {
                 let visible = partial.len().saturating_sub(self.extras);
@@ -1065,29 +1097,31 @@ impl Finish {
             sql.push_str(&format!(" GROUP BY {}", self.group.join(", ")));
         }
         if let Some(h) = &self.having {
-            sql.push_str(&format!(" HAVING {}", fill_types(h, partial)));
+            sql.push_str(&format!(" HAVING {}", fill_types(h, partial)?));
         }
         if !self.order.is_empty() {
             let parts: Vec<String> = self
                 .order
                 .iter()
-                .map(|o| match o {
-                    FinalOrder::Position(n, opts) => format!("{n}{opts}"),
-                    FinalOrder::Name(name, e, opts) => {
-                        let hits: Vec<usize> = out
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| c.name == *name)
-                            .map(|(i, _)| i + 1)
-                            .collect();
-                        match hits.as_slice() {
-                            [i] => format!("{i}{opts}"),
-                            _ => format!("{}{opts}", fill_types(e, partial)),
+                .map(|o| -> Result<String, String> {
+                    Ok(match o {
+                        FinalOrder::Position(n, opts) => format!("{n}{opts}"),
+                        FinalOrder::Name(name, e, opts) => {
+                            let hits: Vec<usize> = out
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, c)| c.name == *name)
+                                .map(|(i, _)| i + 1)
+                                .collect();
+                            match hits.as_slice() {
+                                [i] => format!("{i}{opts}"),
+                                _ => format!("{}{opts}", fill_types(e, partial)?),
+                            }
                         }
-                    }
-                    FinalOrder::Expr(e, opts) => format!("{}{opts}", fill_types(e, partial)),
+                        FinalOrder::Expr(e, opts) => format!("{}{opts}", fill_types(e, partial)?),
+                    })
                 })
-                .collect();
+                .collect::<Result<_, String>>()?;
             sql.push_str(&format!(" ORDER BY {}", parts.join(", ")));
         }
         if self.offset > 0 {
@@ -1133,11 +1167,20 @@ fn col_name(f: &Finish, i: usize, n: usize) -> String {
     }
 }
 
-/// Put the partial columns' types into the `__pgvane_type_pN` / `__pgvane_avg_pN` markers.
-fn fill_types(e: &str, partial: &[Column]) -> String {
+/// Put the partial columns' types into the `__pgvane_type_pN` / `__pgvane_avg_pN` /
+/// `__pgvane_num_pN` markers. Err for stddev/variance of floating-point values, whose
+/// float8 arithmetic (Youngs-Cramer, in row order) cannot be reproduced across shards.
+fn fill_types(e: &str, partial: &[Column]) -> Result<String, String> {
     let mut s = e.to_string();
     for (i, c) in partial.iter().enumerate().rev() {
         let n = i + 1;
+        let marker = format!("__pgvane_num__p{n}");
+        if s.contains(&marker) {
+            if matches!(c.type_name.as_str(), "real" | "double precision") {
+                return Err(refuse("stddev or variance of a floating-point column"));
+            }
+            s = s.replace(&marker, "numeric");
+        }
         s = s.replace(&format!("__pgvane_type__p{n}"), &c.type_name);
         let avg = match c.type_name.as_str() {
             "real" | "double precision" => "double precision",
@@ -1146,7 +1189,7 @@ fn fill_types(e: &str, partial: &[Column]) -> String {
         };
         s = s.replace(&format!("__pgvane_avg__p{n}"), avg);
     }
-    s
+    Ok(s)
 }
 
 #[cfg(test)]

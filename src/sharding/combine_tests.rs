@@ -165,7 +165,6 @@ fn what_cannot_be_merged_exactly_is_refused() {
     for sql in [
         "SELECT string_agg(note, ',') FROM orders",
         "SELECT array_agg(id ORDER BY id) FROM orders",
-        "SELECT stddev(amount) FROM orders",
         "SELECT id, row_number() OVER (ORDER BY id) FROM orders",
         "SELECT DISTINCT ON (customer_id) * FROM orders",
         "SELECT id FROM orders UNION SELECT id FROM orders",
@@ -182,5 +181,24 @@ fn what_cannot_be_merged_exactly_is_refused() {
             Combine::Refuse(why) => assert!(why.contains("across shards"), "{sql}: {why}"),
             other => panic!("{sql}: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn every_spelling_of_an_aggregate_is_combined_by_its_own_rule() {
+    // stddev is stddev_samp, variance is var_samp: never the stddev of per-shard stddevs.
+    for sql in [
+        "SELECT stddev(amount) FROM orders",
+        "SELECT variance(amount) FROM orders",
+        "SELECT pg_catalog.stddev_pop(amount) FROM orders",
+    ] {
+        let f = finish(sql);
+        assert!(
+            f.partial.contains("count(amount)")
+                && !f.partial.contains("stddev")
+                && !f.partial.contains("var"),
+            "{sql}: {}",
+            f.partial
+        );
     }
 }
