@@ -53,6 +53,9 @@ pub enum Plan {
         /// A write to tables present on every shard (reference tables): every shard runs
         /// it, the client sees one shard's answer.
         replicated: bool,
+        /// An extended-protocol split INSERT: for each part of `split`, the client's
+        /// parameter numbers its `$1, $2, ...` stand for.
+        split_params: Option<Vec<Vec<usize>>>,
     },
     /// Reply with this error instead of running the statement.
     Reject(&'static str, String),
@@ -294,10 +297,20 @@ impl Session {
                         % db.shards.len()) as u32;
                 }
                 Resolved::Shards(set) if set.len() == 1 => shard = set.single().unwrap_or(0),
-                Resolved::Shards(set) => return self.multi(set, write, sql, analysis, plan, cols),
+                Resolved::Shards(set) => {
+                    return self.multi(set, write, sql, analysis, plan, cols, (params, param_types))
+                }
                 Resolved::All { write: w } => {
                     let set = ShardSet::all(db.shards.len() as u32);
-                    return self.multi(set, w || write, sql, analysis, plan, cols);
+                    return self.multi(
+                        set,
+                        w || write,
+                        sql,
+                        analysis,
+                        plan,
+                        cols,
+                        (params, param_types),
+                    );
                 }
             }
         }
@@ -359,6 +372,7 @@ impl Session {
         Plan::Single(target)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn multi(
         &self,
         shards: ShardSet,
@@ -367,6 +381,7 @@ impl Session {
         analysis: &Analysis,
         plan: Option<ShardPlan>,
         cols: Option<Vec<String>>,
+        (params, param_types): (&[protocol::BindParam<'_>], &[u32]),
     ) -> Plan {
         let db = &self.ctx.db;
         // A multi-row INSERT whose rows land on different shards is split per shard.
@@ -381,8 +396,36 @@ impl Session {
                 );
             }
             let lookup = |_: &str| cols.clone();
+            if !params.is_empty() {
+                let values = splan::Values {
+                    literals: &[],
+                    params,
+                    param_types,
+                };
+                let n = db.shards.len() as u32;
+                return match splan::split_insert_bound(sql, &db.sharded_tables, n, &lookup, &values) {
+                    Ok(parts) => {
+                        let mut set = ShardSet::default();
+                        for p in &parts {
+                            set.insert(p.shard);
+                        }
+                        Plan::Multi {
+                            shards: set,
+                            write: true,
+                            split: Some(parts.iter().map(|p| (p.shard, p.sql.clone())).collect()),
+                            split_params: Some(parts.into_iter().map(|p| p.params).collect()),
+                            finish: None,
+                            replicated: false,
+                        }
+                    }
+                    Err(e) => Plan::Reject(
+                        "0A000",
+                        format!("cannot route this INSERT: its rows belong to several shards and it cannot be split ({e})"),
+                    ),
+                };
+            }
             match splan::split_insert(sql, &db.sharded_tables, db.shards.len() as u32, &lookup) {
-                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts), finish: None, replicated: false },
+                Ok(parts) => return Plan::Multi { shards, write: true, split: Some(parts), finish: None, replicated: false, split_params: None },
                 Err(e) => {
                     return Plan::Reject(
                         "0A000",
@@ -405,6 +448,7 @@ impl Session {
             split: None,
             finish,
             replicated,
+            split_params: None,
         }
     }
 
@@ -760,6 +804,7 @@ impl Session {
                         split,
                         finish,
                         replicated,
+                        ..
                     } = plan
                     {
                         if write || self.tx_wrote {
@@ -832,6 +877,7 @@ impl Session {
                 split,
                 finish,
                 replicated,
+                ..
             } => {
                 self.fanout_query(frame.clone(), shards, write, split, finish, replicated)
                     .await?;
@@ -950,6 +996,7 @@ impl Session {
                 split,
                 finish,
                 replicated,
+                split_params,
             } => {
                 if let Some(f) = finish {
                     self.fanout_merged_extended(frame.clone(), shards, f)
@@ -957,14 +1004,11 @@ impl Session {
                     self.fanned_out = true;
                     return Ok(false);
                 }
-                if split.is_some() {
-                    self.client_error(
-                        "0A000",
-                        "an extended-protocol INSERT whose rows belong to several shards cannot be split; send one row per statement or use the simple protocol",
-                    );
-                    return Ok(false);
-                }
-                self.fanout_extended(frame.clone(), shards, write, replicated)
+                let split = split.map(|parts| {
+                    let maps = split_params.unwrap_or_else(|| vec![Vec::new(); parts.len()]);
+                    (parts, maps)
+                });
+                self.fanout_extended(frame.clone(), shards, write, replicated, split)
                     .await?;
                 self.fanned_out = true;
                 Ok(false)

@@ -182,6 +182,38 @@ pub fn split_insert(
     shards: u32,
     columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> Result<Vec<(u32, String)>, String> {
+    let values = Values {
+        literals: &[],
+        params: &[],
+        param_types: &[],
+    };
+    Ok(
+        split_insert_bound(sql, tables, shards, columns_of, &values)?
+            .into_iter()
+            .map(|p| (p.shard, p.sql))
+            .collect(),
+    )
+}
+
+/// One shard's part of a split INSERT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertPart {
+    pub shard: u32,
+    pub sql: String,
+    /// The part's `$1, $2, ...` are the client's parameters with these (1-based) numbers.
+    pub params: Vec<usize>,
+}
+
+/// [`split_insert`] of an extended-protocol INSERT whose keys may be `$n` parameters
+/// (`values` holds the Bind's): each part's parameters are renumbered from `$1` in order
+/// of appearance, and [`InsertPart::params`] says which client parameter each one is.
+pub fn split_insert_bound(
+    sql: &str,
+    tables: &[ShardedTable],
+    shards: u32,
+    columns_of: &dyn Fn(&str) -> Option<Vec<String>>,
+    values: &Values,
+) -> Result<Vec<InsertPart>, String> {
     check_shards(shards)?;
     let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
     let [stmt] = stmts.as_slice() else {
@@ -194,18 +226,17 @@ pub fn split_insert(
     if !matches!(plan, ShardPlan::InsertRows { .. }) {
         return Err("not a plain INSERT ... VALUES into a sharded table".to_string());
     }
-    let values = Values {
-        literals: &[],
-        params: &[],
-        param_types: &[],
-    };
-    let row_shard = row_shards(&plan, tables, &values, shards)?;
+    let row_shard = row_shards(&plan, tables, values, shards)?;
     let mut used = ShardSet(0);
     for &s in &row_shard {
         used.insert(s);
     }
     if let Some(only) = used.single() {
-        return Ok(vec![(only, sql.to_string())]);
+        return Ok(vec![InsertPart {
+            shard: only,
+            sql: sql.to_string(),
+            params: (1..=values.params.len()).collect(),
+        }]);
     }
     let Statement::Insert(ins) = stmt else {
         return Err("not an INSERT".to_string());
@@ -230,9 +261,45 @@ pub fn split_insert(
                     .collect();
             }
         }
-        out.push((shard, Statement::Insert(part).to_string()));
+        let mut stmt = Statement::Insert(part);
+        let params = renumber_params(&mut stmt);
+        out.push(InsertPart {
+            shard,
+            sql: stmt.to_string(),
+            params,
+        });
     }
     Ok(out)
+}
+
+/// Renumber a statement's `$n` parameters `$1, $2, ...` in order of first appearance;
+/// returns the old number of each new one.
+fn renumber_params(stmt: &mut Statement) -> Vec<usize> {
+    use sqlparser::ast::{Expr, Value, VisitMut, VisitorMut};
+    struct R(Vec<usize>);
+    impl VisitorMut for R {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &mut Expr) -> std::ops::ControlFlow<()> {
+            if let Expr::Value(v) = e {
+                if let Value::Placeholder(p) = &mut v.value {
+                    if let Some(old) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                        let new = match self.0.iter().position(|o| *o == old) {
+                            Some(i) => i + 1,
+                            None => {
+                                self.0.push(old);
+                                self.0.len()
+                            }
+                        };
+                        *p = format!("${new}");
+                    }
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut r = R(Vec::new());
+    let _ = stmt.visit(&mut r);
+    r.0
 }
 
 // ---------------------------------------------------------------------------------------

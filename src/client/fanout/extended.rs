@@ -17,6 +17,10 @@ use crate::client::session::{End, Session};
 use crate::protocol;
 use crate::sharding::plan::ShardSet;
 
+/// An extended-protocol INSERT split by shard: each part's (shard, text), and the client's
+/// parameter numbers behind each part's `$1, $2, ...`.
+pub(crate) type SplitInsert = (Vec<(u32, String)>, Vec<Vec<usize>>);
+
 /// The largest extended-protocol batch run on several shards.
 const BATCH_LIMIT: usize = 1024 * 1024;
 
@@ -29,6 +33,7 @@ impl Session {
         shards: ShardSet,
         write: bool,
         replicated: bool,
+        split: Option<SplitInsert>,
     ) -> Result<(), End> {
         let Some(frames) = self.take_batch(first).await? else {
             return Ok(());
@@ -51,84 +56,130 @@ impl Session {
             protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
             return Ok(());
         }
-        // Translate: named statements become the unnamed statement, prepared inline.
-        let mut out = BytesMut::new();
-        // For each Parse sent: does the client see its ParseComplete?
+        // Translate: named statements become the unnamed statement, prepared inline. A split
+        // INSERT gets one translation per part (its text, its subset of the parameters).
+        let parts: Vec<Option<(&str, &[usize])>> = match &split {
+            Some((texts, maps)) => texts
+                .iter()
+                .zip(maps)
+                .map(|((_, q), m)| Some((q.as_str(), m.as_slice())))
+                .collect(),
+            None => vec![None],
+        };
+        let mut payloads: Vec<Bytes> = Vec::new();
         let mut parses: Vec<bool> = Vec::new();
-        let mut unnamed_holds: Option<Vec<u8>> = None;
-        for f in &frames {
-            match f[0] {
-                b'P' => {
-                    let p = protocol::parse_parse(f)?;
-                    if !p.name.is_empty() {
-                        let def = crate::client::prepared::registry()
-                            .intern(f.slice_ref(p.query), f.slice_ref(p.param_types));
-                        self.stmts.insert(
-                            p.name.to_vec(),
-                            crate::client::prepared::ClientStmt::new(def),
-                        );
-                        let info = self.route_info(p.query, p.param_types);
-                        self.routes.insert(p.name.to_vec(), info);
-                    }
-                    protocol::parse_msg(&mut out, b"", p.query, p.param_types);
-                    parses.push(true);
-                    unnamed_holds = Some(p.name.to_vec());
-                }
-                b'B' | b'D' => {
-                    let (stmt, portal_describe) = if f[0] == b'B' {
-                        (protocol::parse_bind(f)?.statement.to_vec(), false)
-                    } else {
-                        let (kind, name) = protocol::parse_target(f)?;
-                        (name.to_vec(), kind == b'P')
-                    };
-                    if !portal_describe && unnamed_holds.as_deref() != Some(&stmt[..]) {
-                        let Some(def) = self.stmts.get(&stmt).map(|c| c.def.clone()) else {
-                            self.client_error(
-                                "26000",
-                                &format!(
-                                    "prepared statement \"{}\" does not exist",
-                                    String::from_utf8_lossy(&stmt)
-                                ),
+        for (k, part) in parts.iter().enumerate() {
+            let first_pass = k == 0;
+            let mut out = BytesMut::new();
+            let mut these: Vec<bool> = Vec::new();
+            let mut unnamed_holds: Option<Vec<u8>> = None;
+            for f in &frames {
+                match f[0] {
+                    b'P' => {
+                        let p = protocol::parse_parse(f)?;
+                        if !p.name.is_empty() && first_pass {
+                            let def = crate::client::prepared::registry()
+                                .intern(f.slice_ref(p.query), f.slice_ref(p.param_types));
+                            self.stmts.insert(
+                                p.name.to_vec(),
+                                crate::client::prepared::ClientStmt::new(def),
                             );
+                            let info = self.route_info(p.query, p.param_types);
+                            self.routes.insert(p.name.to_vec(), info);
+                        }
+                        match part {
+                            Some((q, map)) => protocol::parse_msg(
+                                &mut out,
+                                b"",
+                                q.as_bytes(),
+                                &subset_types(p.param_types, map),
+                            ),
+                            None => protocol::parse_msg(&mut out, b"", p.query, p.param_types),
+                        }
+                        these.push(true);
+                        unnamed_holds = Some(p.name.to_vec());
+                    }
+                    b'B' | b'D' => {
+                        let (stmt, portal_describe) = if f[0] == b'B' {
+                            (protocol::parse_bind(f)?.statement.to_vec(), false)
+                        } else {
+                            let (kind, name) = protocol::parse_target(f)?;
+                            (name.to_vec(), kind == b'P')
+                        };
+                        if !portal_describe && unnamed_holds.as_deref() != Some(&stmt[..]) {
+                            let Some(def) = self.stmts.get(&stmt).map(|c| c.def.clone()) else {
+                                self.client_error(
+                                    "26000",
+                                    &format!(
+                                        "prepared statement \"{}\" does not exist",
+                                        String::from_utf8_lossy(&stmt)
+                                    ),
+                                );
+                                protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
+                                return Ok(());
+                            };
+                            match part {
+                                Some((q, map)) => protocol::parse_msg(
+                                    &mut out,
+                                    b"",
+                                    q.as_bytes(),
+                                    &subset_types(&def.param_types, map),
+                                ),
+                                None => {
+                                    protocol::parse_msg(&mut out, b"", &def.query, &def.param_types)
+                                }
+                            }
+                            these.push(false);
+                            unnamed_holds = Some(stmt.clone());
+                        }
+                        if f[0] == b'B' {
+                            let b = protocol::parse_bind(f)?;
+                            match part {
+                                Some((_, map)) => {
+                                    let Some(rest) = subset_bind(b.rest, map) else {
+                                        return Err(End::Fatal(
+                                            "08P01",
+                                            "malformed Bind message".into(),
+                                        ));
+                                    };
+                                    protocol::bind_msg(&mut out, b.portal, b"", &rest)
+                                }
+                                None => protocol::bind_msg(&mut out, b.portal, b"", b.rest),
+                            }
+                        } else if portal_describe {
+                            out.extend_from_slice(f);
+                        } else {
+                            protocol::target_msg(&mut out, b'D', b'S', b"");
+                        }
+                    }
+                    b'E' => {
+                        if protocol::execute_max_rows(f).is_some_and(|n| n > 0) {
+                            self.client_error("0A000", super::merge::ROW_LIMIT);
                             protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
                             return Ok(());
-                        };
-                        protocol::parse_msg(&mut out, b"", &def.query, &def.param_types);
-                        parses.push(false);
-                        unnamed_holds = Some(stmt.clone());
-                    }
-                    if f[0] == b'B' {
-                        let b = protocol::parse_bind(f)?;
-                        protocol::bind_msg(&mut out, b.portal, b"", b.rest);
-                    } else if portal_describe {
-                        out.extend_from_slice(f);
-                    } else {
-                        protocol::target_msg(&mut out, b'D', b'S', b"");
-                    }
-                }
-                b'E' => {
-                    if protocol::execute_max_rows(f).is_some_and(|n| n > 0) {
-                        self.client_error("0A000", super::merge::ROW_LIMIT);
-                        protocol::ready_for_query(&mut self.cout, self.pending.tx().byte());
-                        return Ok(());
-                    }
-                    out.extend_from_slice(f);
-                }
-                b'C' => {
-                    let (kind, name) = protocol::parse_target(f)?;
-                    if kind == b'S' {
-                        // The client's name goes; shared statements stay. The shards answer
-                        // CloseComplete in its place (closing an unknown name is no error).
-                        self.stmts.remove(name);
-                        self.routes.remove(name);
-                        protocol::target_msg(&mut out, b'C', b'S', b"pgvane_fanout_none");
-                    } else {
+                        }
                         out.extend_from_slice(f);
                     }
+                    b'C' => {
+                        let (kind, name) = protocol::parse_target(f)?;
+                        if kind == b'S' && first_pass {
+                            // The client's name goes; shared statements stay. The shards answer
+                            // CloseComplete in its place (closing an unknown name is no error).
+                            self.stmts.remove(name);
+                            self.routes.remove(name);
+                            protocol::target_msg(&mut out, b'C', b'S', b"pgvane_fanout_none");
+                        } else {
+                            out.extend_from_slice(f);
+                        }
+                    }
+                    b'S' => out.extend_from_slice(f),
+                    _ => {} // Flush: nothing to answer
                 }
-                b'S' => out.extend_from_slice(f),
-                _ => {} // Flush: nothing to answer
             }
+            if first_pass {
+                parses = these;
+            }
+            payloads.push(out.freeze());
         }
         let status = self.pending.tx().byte();
         let db = self.ctx.db.clone();
@@ -141,13 +192,16 @@ impl Session {
         let mut m = Merge::new(conns.len(), CopyOut::default(), write)
             .parse_completes(parses)
             .replicated(replicated);
-        let payload = out.freeze();
         for (i, (s, c)) in conns.iter_mut().enumerate() {
             let mut begin = BytesMut::new();
             if write {
                 protocol::query(&mut begin, "BEGIN");
             }
-            begin.extend_from_slice(&payload);
+            let which = match &split {
+                Some((texts, _)) => texts.iter().position(|(shard, _)| shard == s).unwrap_or(0),
+                None => 0,
+            };
+            begin.extend_from_slice(&payloads[which]);
             super::send_to_shard(i, *s, c, &begin, write, &mut m, &mut self.cout).await;
         }
         self.stream_merge(&mut conns, &mut m).await?;
@@ -246,6 +300,61 @@ impl Session {
         self.fanout_finish_extended(finish, &frames, &query, &types, shards)
             .await
     }
+}
+
+/// A Parse's parameter-type section (count, OIDs) for a part that uses the client's
+/// parameters `map` (1-based), in order; 0 (unspecified) where the client gave none.
+fn subset_types(types: &[u8], map: &[usize]) -> Vec<u8> {
+    let oid = |n: usize| -> [u8; 4] {
+        let at = 2 + 4 * (n - 1);
+        match types.get(at..at + 4) {
+            Some(b) => [b[0], b[1], b[2], b[3]],
+            None => [0; 4],
+        }
+    };
+    let mut out = (map.len() as i16).to_be_bytes().to_vec();
+    for &n in map {
+        out.extend_from_slice(&oid(n.max(1)));
+    }
+    out
+}
+
+/// A Bind's tail (parameter formats, parameters, result formats) with only the parameters
+/// `map` (1-based), in order. None if malformed.
+fn subset_bind(rest: &[u8], map: &[usize]) -> Option<BytesMut> {
+    let rd16 = |at: usize| -> Option<i16> {
+        Some(i16::from_be_bytes([*rest.get(at)?, *rest.get(at + 1)?]))
+    };
+    let nfmt = rd16(0)?.max(0) as usize;
+    let code = |i: usize| -> Option<i16> {
+        match nfmt {
+            0 => Some(0),
+            1 => rd16(2),
+            _ => rd16(2 + 2 * i),
+        }
+    };
+    let mut at = 2 + 2 * nfmt;
+    let np = rd16(at)?.max(0) as usize;
+    at += 2;
+    let mut values: Vec<&[u8]> = Vec::with_capacity(np);
+    for _ in 0..np {
+        let l = rest.get(at..at + 4)?;
+        let len = i32::from_be_bytes([l[0], l[1], l[2], l[3]]);
+        let end = at + 4 + len.max(0) as usize;
+        values.push(rest.get(at..end)?);
+        at = end;
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&(map.len() as i16).to_be_bytes());
+    for &n in map {
+        out.extend_from_slice(&code(n.checked_sub(1)?)?.to_be_bytes());
+    }
+    out.extend_from_slice(&(map.len() as i16).to_be_bytes());
+    for &n in map {
+        out.extend_from_slice(values.get(n.checked_sub(1)?)?);
+    }
+    out.extend_from_slice(rest.get(at..)?);
+    Some(out)
 }
 
 /// Does this statement text start with COPY?
