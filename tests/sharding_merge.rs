@@ -23,6 +23,8 @@ const CORPUS: &[&str] = &[
     "SELECT min(amount), max(amount), min(note), max(note) FROM orders",
     "SELECT avg(amount), avg(price), avg(customer_id) FROM orders",
     "SELECT bool_and(flag), bool_or(flag), every(flag) FROM orders",
+    "SELECT bit_and(amount), bit_or(amount) FROM orders WHERE amount > 0",
+    "SELECT region, bit_or(id), bit_and(id | 1) FROM orders GROUP BY region",
     "SELECT count(*) AS n, sum(amount) / count(*) AS ratio FROM orders",
     "SELECT count(*) FROM orders WHERE amount > 500",
     "SELECT sum(amount) FROM orders WHERE amount IS NULL",
@@ -334,6 +336,25 @@ async fn cross_shard_reads_answer_what_one_database_answers() {
             wrong.push(format!("{sql} (extended)\n   not refused: {got}"));
         }
     }
+    // EXPLAIN ROUTE shows the merge: what each shard runs, what pgvane finishes.
+    let explained = c
+        .simple_query("EXPLAIN ROUTE SELECT region, avg(amount) FROM orders GROUP BY region ORDER BY 2 LIMIT 3")
+        .await
+        .unwrap();
+    let reason = explained
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(2).map(str::to_string),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        reason.contains(
+            "each shard runs: SELECT region AS _p1, sum(amount) AS _p2, count(amount) AS _p3"
+        ) && reason.contains("pgvane finishes")
+            && reason.contains("limit 3"),
+        "{reason}"
+    );
     // The session is still usable after every refusal.
     assert_eq!(
         answer(&c, "SELECT 1").await.unwrap().1,
