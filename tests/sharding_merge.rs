@@ -219,6 +219,34 @@ fn extended(w: &mut wire::Wire, sql: &str, format: i16, ordered: bool) -> String
     out.join(" ")
 }
 
+/// Parse/Bind (text parameters and results)/Describe/Execute/Sync, as [`extended`] reports it.
+fn extended_with(w: &mut wire::Wire, sql: &str, params: &[Option<&str>], ordered: bool) -> String {
+    w.send_all(&[
+        wire::parse("", sql),
+        wire::bind("", "", params),
+        wire::describe(b'P', ""),
+        wire::execute("", 0),
+        wire::sync(),
+    ]);
+    let msgs = w.until_ready(std::time::Duration::from_secs(30));
+    let mut rows: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
+    for m in &msgs {
+        match m.tag {
+            b'T' => out.push(format!("{:?}", description(&m.body))),
+            b'D' => rows.push(m.body.clone()),
+            b'C' => out.push(m.tag_text()),
+            b'E' => out.push(format!("error {:?} {:?}", m.code(), m.field(b'M'))),
+            _ => {}
+        }
+    }
+    if !ordered {
+        rows.sort();
+    }
+    out.push(format!("{} rows {rows:?}", rows.len()));
+    out.join(" ")
+}
+
 /// RowDescription fields without the table OID and column number (they differ per database).
 fn description(body: &[u8]) -> Vec<(String, Vec<u8>)> {
     let n = i16::from_be_bytes([body[0], body[1]]) as usize;
@@ -328,6 +356,30 @@ async fn cross_shard_reads_answer_what_one_database_answers() {
                     "{sql} (extended, format {format})\n   oracle: {want:?}\n   pgvane: {got:?}"
                 ));
             }
+        }
+    }
+    // Parameters, LIMIT and OFFSET among them (text parameters, text results).
+    let with_params: &[(&str, &[Option<&str>])] = &[
+        ("=SELECT customer_id, id FROM orders ORDER BY customer_id, id LIMIT $1 OFFSET $2", &[Some("7"), Some("3")]),
+        ("=SELECT region, count(*) FROM orders GROUP BY region ORDER BY 2 DESC, 1 LIMIT $1", &[Some("2")]),
+        ("SELECT count(*), avg(amount) FROM orders WHERE amount > $1", &[Some("500")]),
+        ("=SELECT id, customer_id FROM orders WHERE amount < $1 ORDER BY amount DESC, id, customer_id LIMIT $2", &[Some("300"), Some("5")]),
+        ("=SELECT customer_id, id FROM orders ORDER BY customer_id, id OFFSET $1", &[Some("1195")]),
+        ("=SELECT customer_id, id FROM orders WHERE customer_id < 3 ORDER BY customer_id, id LIMIT $1", &[None]),
+        ("=SELECT DISTINCT region FROM orders ORDER BY region NULLS FIRST LIMIT $1", &[Some("3")]),
+        ("=SELECT lower(note), id, customer_id FROM orders ORDER BY 1, 2, 3 LIMIT $1", &[Some("4")]),
+    ];
+    for (q, params) in with_params {
+        let (ordered, sql) = match q.strip_prefix('=') {
+            Some(s) => (true, s),
+            None => (false, *q),
+        };
+        let want = extended_with(&mut direct, sql, params, ordered);
+        let got = extended_with(&mut through, sql, params, ordered);
+        if want != got || want.contains("error") {
+            wrong.push(format!(
+                "{sql} {params:?}\n   oracle: {want}\n   pgvane: {got}"
+            ));
         }
     }
     for sql in REFUSED {

@@ -437,7 +437,7 @@ impl Session {
         let finish = if write {
             None
         } else {
-            match combine_read(sql, analysis, &db.sharded_tables) {
+            match combine_read(sql, analysis, &db.sharded_tables, params) {
                 Ok(f) => f,
                 Err(msg) => return Plan::Reject("0A000", msg),
             }
@@ -661,8 +661,9 @@ fn combine_read(
     sql: &str,
     analysis: &Analysis,
     tables: &[crate::sharding::key::ShardedTable],
+    params: &[protocol::BindParam<'_>],
 ) -> Result<Option<Arc<crate::sharding::combine::Finish>>, String> {
-    use crate::sharding::combine::{plan, Combine};
+    use crate::sharding::combine::{plan_bound, Combine};
     use sqlparser::dialect::PostgreSqlDialect;
     let first = crate::params::skip_ws_comments(sql).to_ascii_lowercase();
     let query_like = ["select", "with", "values", "table", "("]
@@ -677,7 +678,7 @@ fn combine_read(
     };
     let mut finish = None;
     for s in &stmts {
-        match plan(s, tables) {
+        match plan_bound(s, tables, params) {
             Combine::Concat => {}
             Combine::Refuse(why) => return Err(why),
             Combine::Finish(f) => {

@@ -177,10 +177,16 @@ fn aggregate_name(f: &Function) -> Option<String> {
 
 /// Plan the combination of a read that runs on several shards.
 pub fn plan(stmt: &Statement, tables: &[ShardedTable]) -> Combine {
+    plan_bound(stmt, tables, &[])
+}
+
+/// [`plan`] of an extended-protocol statement: `params` are its Bind's values, which a
+/// `LIMIT $n` / `OFFSET $n` is read from.
+pub fn plan_bound(stmt: &Statement, tables: &[ShardedTable], params: &[Param<'_>]) -> Combine {
     let Statement::Query(q) = stmt else {
         return Combine::Concat;
     };
-    match plan_query(q, tables) {
+    match plan_query(q, tables, params) {
         Ok(c) => c,
         Err(reason) => Combine::Refuse(reason),
     }
@@ -239,7 +245,7 @@ fn check_nested(q: &Query, tables: &[ShardedTable]) -> Result<(), String> {
     if let Some(with) = &q.with {
         for cte in &with.cte_tables {
             if touches_sharded(cte.query.as_ref(), tables)
-                && plan_query(&cte.query, tables)? != Combine::Concat
+                && plan_query(&cte.query, tables, &[])? != Combine::Concat
             {
                 return Err(refuse(
                     "a WITH query that aggregates, sorts or limits sharded rows",
@@ -254,7 +260,7 @@ fn check_nested(q: &Query, tables: &[ShardedTable]) -> Result<(), String> {
             for f in factors {
                 if let TableFactor::Derived { subquery, .. } = f {
                     if touches_sharded(subquery.as_ref(), tables)
-                        && plan_query(subquery, tables)? != Combine::Concat
+                        && plan_query(subquery, tables, &[])? != Combine::Concat
                     {
                         return Err(refuse(
                             "a subquery in FROM that aggregates, sorts or limits sharded rows",
@@ -267,7 +273,7 @@ fn check_nested(q: &Query, tables: &[ShardedTable]) -> Result<(), String> {
     Ok(())
 }
 
-fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
+fn plan_query(q: &Query, tables: &[ShardedTable], params: &[Param<'_>]) -> Result<Combine, String> {
     let mut scan = Scan {
         tables,
         problem: None,
@@ -293,7 +299,7 @@ fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
                     body: side.clone(),
                     ..q.clone()
                 };
-                if plan_query(&sub, tables)? != Combine::Concat {
+                if plan_query(&sub, tables, &[])? != Combine::Concat {
                     return Err(refuse("UNION ALL of queries that aggregate, sort or limit"));
                 }
             }
@@ -302,7 +308,7 @@ fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
         SetExpr::SetOperation { .. } => {
             return Err(refuse("UNION, INTERSECT or EXCEPT over sharded tables"))
         }
-        SetExpr::Query(inner) => return plan_query(inner, tables),
+        SetExpr::Query(inner) => return plan_query(inner, tables, params),
         _ => return Ok(Combine::Concat),
     };
     if matches!(select.distinct, Some(Distinct::On(_))) {
@@ -318,7 +324,12 @@ fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
     {
         return Err(refuse("ROLLUP, CUBE or GROUPING SETS"));
     }
-    let (limit, offset) = limit_offset(q)?;
+    let Lim {
+        limit,
+        offset,
+        shard_limit,
+        params: limit_params,
+    } = limit_offset(q, params)?;
     let mut has_agg = !group.is_empty() || select.having.is_some();
     for item in &select.projection {
         if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item {
@@ -348,19 +359,102 @@ fn plan_query(q: &Query, tables: &[ShardedTable]) -> Result<Combine, String> {
     {
         return Ok(Combine::Concat);
     }
-    let with_ties = q.fetch.as_ref().is_some_and(|f| f.with_ties);
+    let b = Bounds {
+        limit,
+        offset,
+        with_ties: q.fetch.as_ref().is_some_and(|f| f.with_ties),
+        shard_limit,
+        params: limit_params,
+    };
     if has_agg {
-        aggregate_form(
-            q, select, &group, &order, limit, offset, distinct, with_ties,
-        )
+        aggregate_form(q, select, &group, &order, &b, distinct)
     } else {
-        row_form(q, select, &order, limit, offset, distinct, with_ties)
+        row_form(q, select, &order, &b, distinct)
     }
 }
 
-/// LIMIT / FETCH FIRST and OFFSET as constants (None: no limit).
-fn limit_offset(q: &Query) -> Result<(Option<u64>, u64), String> {
-    let konst = |e: &Expr| -> Result<Option<u64>, String> {
+/// The LIMIT side of a plan.
+struct Bounds {
+    limit: Option<u64>,
+    offset: u64,
+    with_ties: bool,
+    shard_limit: Option<Expr>,
+    params: Vec<usize>,
+}
+
+impl Bounds {
+    /// The shards' LIMIT clause: `limit + offset`, or, when the shards must not limit but
+    /// LIMIT/OFFSET were parameters, a LIMIT that is always NULL (no limit) and still names
+    /// them (the shards get the client's Bind, whose parameters must all be used).
+    fn shard_clause(&self, shards_limit: bool) -> Result<Option<LimitClause>, String> {
+        let clause = |e: Expr| LimitClause::LimitOffset {
+            limit: Some(e),
+            offset: None,
+            limit_by: Vec::new(),
+        };
+        if shards_limit {
+            if let Some(e) = &self.shard_limit {
+                return Ok(Some(clause(e.clone())));
+            }
+        }
+        if self.params.is_empty() {
+            return Ok(None);
+        }
+        let any: Vec<String> = self
+            .params
+            .iter()
+            .map(|n| format!("${n}::bigint IS NULL"))
+            .collect();
+        Ok(Some(clause(parse_expr(&format!(
+            "(CASE WHEN {} THEN NULL::bigint END)",
+            any.join(" OR ")
+        ))?)))
+    }
+}
+
+/// A Bind parameter: (format, value; None = NULL).
+pub type Param<'a> = (i16, Option<&'a [u8]>);
+
+/// LIMIT / OFFSET of a query.
+struct Lim {
+    /// LIMIT (None: none, ALL or NULL).
+    limit: Option<u64>,
+    offset: u64,
+    /// What each shard gets as its LIMIT (limit + offset), when there is a limit.
+    shard_limit: Option<Expr>,
+    /// The parameters LIMIT and OFFSET were read from (kept referenced in every partial).
+    params: Vec<usize>,
+}
+
+/// The whole number in a LIMIT/OFFSET parameter (text, or binary int2/int4/int8).
+fn param_number(p: Option<&Param<'_>>) -> Result<Option<u64>, String> {
+    let bad = || refuse("a LIMIT or OFFSET parameter that is not a whole number");
+    let Some((format, value)) = p else {
+        return Err(refuse("a LIMIT or OFFSET parameter without a value"));
+    };
+    let Some(v) = value else { return Ok(None) };
+    let n: i64 = match (format, v.len()) {
+        (0, _) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(bad)?,
+        (1, 8) => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+        (1, 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]) as i64,
+        (1, 2) => i16::from_be_bytes([v[0], v[1]]) as i64,
+        _ => return Err(bad()),
+    };
+    // A negative value: PostgreSQL's own error comes from the shards.
+    Ok(Some(n.max(0) as u64))
+}
+
+fn limit_offset(q: &Query, params: &[Param<'_>]) -> Result<Lim, String> {
+    let mut refs: Vec<usize> = Vec::new();
+    let mut konst = |e: &Expr| -> Result<Option<u64>, String> {
+        let e = match e {
+            Expr::Nested(x) => x.as_ref(),
+            Expr::Cast { expr, .. } => expr.as_ref(),
+            e => e,
+        };
         match e {
             Expr::Value(v) => match &v.value {
                 Value::Number(n, _) => n
@@ -368,23 +462,21 @@ fn limit_offset(q: &Query) -> Result<(Option<u64>, u64), String> {
                     .map(Some)
                     .map_err(|_| refuse("a LIMIT or OFFSET that is not a whole number")),
                 Value::Null => Ok(None),
+                Value::Placeholder(p) => {
+                    let n: usize = p
+                        .strip_prefix('$')
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| refuse("this LIMIT or OFFSET placeholder"))?;
+                    refs.push(n);
+                    param_number(n.checked_sub(1).and_then(|i| params.get(i)))
+                }
                 _ => Err(refuse("a LIMIT or OFFSET that is not a constant")),
             },
-            Expr::Nested(e) => Ok(konst_nested(e)),
             _ => Err(refuse(
-                "a LIMIT or OFFSET that is not a constant (a parameter or an expression)",
+                "a LIMIT or OFFSET that is not a constant or a parameter (an expression)",
             )),
         }
     };
-    fn konst_nested(e: &Expr) -> Option<u64> {
-        match e {
-            Expr::Value(v) => match &v.value {
-                Value::Number(n, _) => n.parse().ok(),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
     let (mut limit, mut offset) = (None, 0);
     match &q.limit_clause {
         None => {}
@@ -411,7 +503,37 @@ fn limit_offset(q: &Query) -> Result<(Option<u64>, u64), String> {
             None => Some(1),
         };
     }
-    Ok((limit, offset))
+    let shard_limit = match limit {
+        None => None,
+        Some(l) if refs.is_empty() => Some(Expr::value(Value::Number(
+            l.saturating_add(offset).to_string(),
+            false,
+        ))),
+        // Keep the parameters in the shards' text (their Bind carries them): the sum of
+        // what was written, each as bigint.
+        Some(_) => {
+            let mut parts: Vec<String> = Vec::new();
+            if let Some(LimitClause::LimitOffset {
+                limit: l,
+                offset: o,
+                ..
+            }) = &q.limit_clause
+            {
+                parts.extend(l.iter().map(|e| format!("({e})::bigint")));
+                parts.extend(o.iter().map(|o| format!("({})::bigint", o.value)));
+            }
+            if let Some(Some(e)) = q.fetch.as_ref().map(|f| f.quantity.as_ref()) {
+                parts.push(format!("({e})::bigint"));
+            }
+            Some(parse_expr(&format!("({})", parts.join(" + ")))?)
+        }
+    };
+    Ok(Lim {
+        limit,
+        offset,
+        shard_limit,
+        params: refs,
+    })
 }
 
 fn contains_aggregate(e: &Expr) -> bool {
@@ -487,11 +609,10 @@ fn row_form(
     q: &Query,
     select: &Select,
     order: &[OrderByExpr],
-    limit: Option<u64>,
-    offset: u64,
+    b: &Bounds,
     distinct: bool,
-    with_ties: bool,
 ) -> Result<Combine, String> {
+    let (limit, offset, with_ties) = (b.limit, b.offset, b.with_ties);
     let wildcard = select.projection.iter().any(|i| {
         matches!(
             i,
@@ -549,19 +670,10 @@ fn row_form(
         }
     }
     // Each shard returns at most limit + offset rows; without ORDER BY any such rows do.
-    partial.limit_clause = limit.map(|l| LimitClause::LimitOffset {
-        limit: Some(Expr::value(Value::Number(
-            (l.saturating_add(offset)).to_string(),
-            false,
-        ))),
-        offset: None,
-        limit_by: Vec::new(),
-    });
+    partial.limit_clause = b.shard_clause(!with_ties)?;
     if with_ties {
-        partial.limit_clause = None;
         if let Some(f) = partial.fetch.as_mut() {
-            f.quantity = limit
-                .map(|l| Expr::value(Value::Number(l.saturating_add(offset).to_string(), false)));
+            f.quantity = b.shard_limit.clone();
         }
     } else {
         partial.fetch = None;
@@ -573,7 +685,7 @@ fn row_form(
     let stream = if distinct || with_ties || order.is_empty() {
         None
     } else {
-        stream_plan(q, select, order, limit, offset)
+        stream_plan(q, select, order, b)
     };
     Ok(Combine::Finish(Box::new(Finish {
         partial: partial.to_string(),
@@ -592,13 +704,8 @@ fn row_form(
 
 /// The streaming form of a sorted row query (None when a key cannot be named as an
 /// expression: a position into `SELECT *`).
-fn stream_plan(
-    q: &Query,
-    select: &Select,
-    order: &[OrderByExpr],
-    limit: Option<u64>,
-    offset: u64,
-) -> Option<Stream> {
+fn stream_plan(q: &Query, select: &Select, order: &[OrderByExpr], b: &Bounds) -> Option<Stream> {
+    let (limit, offset) = (b.limit, b.offset);
     let mut partial = q.clone();
     let mut keys = Vec::new();
     let mut exprs = Vec::new();
@@ -652,14 +759,7 @@ fn stream_plan(
         }
     }
     partial.fetch = None;
-    partial.limit_clause = limit.map(|l| LimitClause::LimitOffset {
-        limit: Some(Expr::value(Value::Number(
-            l.saturating_add(offset).to_string(),
-            false,
-        ))),
-        offset: None,
-        limit_by: Vec::new(),
-    });
+    partial.limit_clause = b.shard_clause(true).ok()?;
     Some(Stream {
         partial: partial.to_string(),
         keys,
@@ -885,17 +985,15 @@ fn distinct_args(e: &Expr, out: &mut Vec<Expr>) {
     let _ = e.visit(&mut D(out));
 }
 
-#[allow(clippy::too_many_arguments)]
 fn aggregate_form(
     q: &Query,
     select: &Select,
     group: &[Expr],
     order: &[OrderByExpr],
-    limit: Option<u64>,
-    offset: u64,
+    b: &Bounds,
     distinct: bool,
-    with_ties: bool,
 ) -> Result<Combine, String> {
+    let (limit, offset, with_ties) = (b.limit, b.offset, b.with_ties);
     // GROUP BY items may name output columns by position or alias.
     let mut keys: Vec<Expr> = Vec::new();
     for g in group {
@@ -981,7 +1079,7 @@ fn aggregate_form(
     // when the client's query is described on a shard before anything runs.
     let mut partial = q.clone();
     partial.order_by = None;
-    partial.limit_clause = None;
+    partial.limit_clause = b.shard_clause(false)?;
     partial.fetch = None;
     if let SetExpr::Select(s) = partial.body.as_mut() {
         s.distinct = None;

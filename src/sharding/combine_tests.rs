@@ -172,7 +172,6 @@ fn what_cannot_be_merged_exactly_is_refused() {
         "SELECT * FROM (SELECT count(*) FROM orders) s",
         "WITH t AS (SELECT * FROM orders LIMIT 3) SELECT * FROM t",
         "SELECT customer_id, count(*) FROM orders GROUP BY ROLLUP (customer_id)",
-        "SELECT * FROM orders LIMIT $1",
         "SELECT count(DISTINCT id) FILTER (WHERE amount > 1) FROM orders",
         "SELECT count(*) + $1 FROM orders",
         "SELECT region, count(*) FROM orders GROUP BY region HAVING count(*) > $1",
@@ -201,4 +200,25 @@ fn every_spelling_of_an_aggregate_is_combined_by_its_own_rule() {
             f.partial
         );
     }
+}
+
+#[test]
+fn limit_and_offset_parameters_are_read_from_the_bind_and_kept_in_the_shards_text() {
+    let stmts = Parser::parse_sql(
+        &PostgreSqlDialect {},
+        "SELECT id FROM orders ORDER BY id LIMIT $1 OFFSET $2",
+    )
+    .unwrap();
+    let params: [Param; 2] = [(0, Some(b"3")), (1, Some(&5i64.to_be_bytes()))];
+    let Combine::Finish(f) = plan_bound(&stmts[0], &tables(), &params) else {
+        panic!("not finished");
+    };
+    assert_eq!(
+        f.partial,
+        "SELECT id FROM orders ORDER BY id LIMIT (($1)::BIGINT + ($2)::BIGINT)"
+    );
+    let st = f.stream.as_ref().unwrap();
+    assert_eq!((st.limit, st.offset), (Some(3), 5));
+    // Without the Bind's values it is refused, never guessed.
+    assert!(matches!(plan(&stmts[0], &tables()), Combine::Refuse(_)));
 }
