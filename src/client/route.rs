@@ -678,6 +678,9 @@ fn combine_read(
     };
     let mut finish = None;
     for s in &stmts {
+        if crate::sharding::combine::calls_unknown_outside_where(s, &analysis.functions) {
+            return Err("this read calls a function pgvane does not know in its select list, HAVING or ORDER BY; if it is an aggregate, the shards' answers cannot be combined exactly, so the statement is refused: run it on one shard (a key in the WHERE clause, or /* pgvane: shard=N */)".into());
+        }
         match plan_bound(s, tables, params) {
             Combine::Concat => {}
             Combine::Refuse(why) => return Err(why),

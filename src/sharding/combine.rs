@@ -192,6 +192,50 @@ pub fn plan_bound(stmt: &Statement, tables: &[ShardedTable], params: &[Param<'_>
     }
 }
 
+/// Does the select list, HAVING or ORDER BY of `stmt` call one of `names` (functions that
+/// are not known built-ins, lower-case, as the router lists them)? Such a function may be
+/// a user-defined aggregate, which no merge can combine: the caller refuses the fan-out.
+pub fn calls_unknown_outside_where(stmt: &Statement, names: &[String]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    struct Find<'a>(&'a [String], bool);
+    impl Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = e {
+                let full = f.name.to_string().to_ascii_lowercase();
+                let last = full.rsplit('.').next().unwrap_or(&full).to_string();
+                if self.0.iter().any(|n| {
+                    let n = n.to_ascii_lowercase();
+                    n == full || n == last || n.rsplit('.').next() == Some(last.as_str())
+                }) {
+                    self.1 = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let Statement::Query(q) = stmt else {
+        return false;
+    };
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return false;
+    };
+    let mut f = Find(names, false);
+    for it in &s.projection {
+        let _ = it.visit(&mut f);
+    }
+    if let Some(h) = &s.having {
+        let _ = h.visit(&mut f);
+    }
+    if let Some(o) = &q.order_by {
+        let _ = o.visit(&mut f);
+    }
+    f.1
+}
+
 fn touches_sharded<V: Visit>(v: &V, tables: &[ShardedTable]) -> bool {
     visit_relations(v, |name: &ObjectName| {
         if lookup_table(tables, name).is_some() {
