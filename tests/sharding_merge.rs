@@ -88,6 +88,8 @@ const CORPUS: &[&str] = &[
     "SELECT r.name, count(*) FROM orders o JOIN regions r ON r.code = o.region GROUP BY r.name",
     "=SELECT o.customer_id, o.id, r.name FROM orders o JOIN regions r ON r.code = o.region ORDER BY o.customer_id, o.id LIMIT 6",
     "SELECT count(*) FROM orders o LEFT JOIN regions r ON r.code = o.region WHERE r.code IS NULL",
+    // sharded tables joined on their key: per shard is exact
+    "SELECT count(*), sum(b.amount) FROM orders a JOIN orders b ON a.customer_id = b.customer_id WHERE a.id < 300",
     // concatenated as before
     "SELECT customer_id, id, amount FROM orders WHERE amount > 990",
     "SELECT * FROM orders WHERE customer_id = 42",
@@ -105,6 +107,8 @@ const REFUSED: &[&str] = &[
     "SELECT count(*) FROM (SELECT DISTINCT region FROM orders) s",
     "WITH t AS (SELECT * FROM orders ORDER BY id LIMIT 3) SELECT * FROM t",
     "SELECT region, count(*) FROM orders GROUP BY ROLLUP (region)",
+    // sharded tables joined on something else than their key
+    "SELECT count(*) FROM orders a JOIN orders b ON a.amount = b.amount",
     // a user-defined aggregate (created on every shard): pgvane cannot know how to combine it
     "SELECT merge_test_sum(amount) FROM orders",
     "SELECT region, merge_test_sum(amount) FROM orders GROUP BY region",

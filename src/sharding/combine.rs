@@ -358,6 +358,7 @@ fn plan_query(q: &Query, tables: &[ShardedTable], params: &[Param<'_>]) -> Resul
     if matches!(select.distinct, Some(Distinct::On(_))) {
         return Err(refuse("DISTINCT ON"));
     }
+    check_colocated(select, tables)?;
     let group: Vec<Expr> = match &select.group_by {
         GroupByExpr::Expressions(e, mods) if mods.is_empty() => e.clone(),
         _ => return Err(refuse("GROUP BY ALL, ROLLUP, CUBE or GROUPING SETS")),
@@ -458,6 +459,144 @@ impl Bounds {
 
 /// A Bind parameter: (format, value; None = NULL).
 pub type Param<'a> = (i16, Option<&'a [u8]>);
+
+/// Two or more sharded tables in one FROM run per shard correctly only when they are joined
+/// on their sharding keys (equal keys live on the same shard): every occurrence must be
+/// linked to the others by `a.key = b.key` in an ON clause or the WHERE clause's AND chain,
+/// or by `USING (key)`, and the keys must hash alike. Anything else is refused.
+fn check_colocated(select: &Select, tables: &[ShardedTable]) -> Result<(), String> {
+    use sqlparser::ast::{BinaryOperator, JoinConstraint, JoinOperator};
+    // (name or alias, lower-case; sharded table index or None for a derived table over one)
+    let mut occ: Vec<(String, Option<usize>)> = Vec::new();
+    let mut conds: Vec<&Expr> = Vec::new();
+    let mut links: Vec<(usize, usize)> = Vec::new();
+    let factor = |f: &TableFactor, occ: &mut Vec<(String, Option<usize>)>| -> Option<usize> {
+        match f {
+            TableFactor::Table { name, alias, .. } => {
+                let t = lookup_table(tables, name)?;
+                let n = match alias {
+                    Some(a) => a.name.value.to_ascii_lowercase(),
+                    None => tables[t].table.clone(),
+                };
+                occ.push((n, Some(t)));
+                Some(occ.len() - 1)
+            }
+            TableFactor::Derived { subquery, .. } if touches_sharded(subquery.as_ref(), tables) => {
+                occ.push((String::new(), None));
+                Some(occ.len() - 1)
+            }
+            _ => None,
+        }
+    };
+    for twj in &select.from {
+        factor(&twj.relation, &mut occ);
+        for j in &twj.joins {
+            let new = factor(&j.relation, &mut occ);
+            let c = match &j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c) => Some(c),
+                _ => None,
+            };
+            match c {
+                Some(JoinConstraint::On(e)) => conds.push(e),
+                Some(JoinConstraint::Using(cols)) => {
+                    if let Some(Some(t)) = new.map(|i| occ[i].1) {
+                        let key = &tables[t].column;
+                        if cols.iter().any(|c| c.to_string().eq_ignore_ascii_case(key)) {
+                            let n = new.unwrap_or(0);
+                            for (i, (_, t)) in occ.iter().enumerate().take(n) {
+                                if t.is_some_and(|u| tables[u].column == *key) {
+                                    links.push((i, n));
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if occ.len() < 2 {
+        return Ok(());
+    }
+    if let Some(w) = &select.selection {
+        conds.push(w);
+    }
+    // `alias.key` -> its occurrence.
+    let key_of = |e: &Expr| -> Option<usize> {
+        let Expr::CompoundIdentifier(parts) = e else {
+            return None;
+        };
+        let [q, col] = parts.as_slice() else {
+            return None;
+        };
+        occ.iter().position(|(n, t)| {
+            t.is_some_and(|t| {
+                n.eq_ignore_ascii_case(&q.value)
+                    && tables[t].column.eq_ignore_ascii_case(&col.value)
+            })
+        })
+    };
+    let mut stack = conds;
+    while let Some(e) = stack.pop() {
+        match e {
+            Expr::Nested(x) => stack.push(x),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => {
+                stack.push(left);
+                stack.push(right);
+            }
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                if let (Some(a), Some(b)) = (key_of(left), key_of(right)) {
+                    links.push((a, b));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Every occurrence connected to the first through key equalities.
+    let mut reached = vec![false; occ.len()];
+    reached[0] = true;
+    loop {
+        let mut grew = false;
+        for &(a, b) in &links {
+            if reached[a] != reached[b] {
+                reached[a] = true;
+                reached[b] = true;
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let same_family = occ.iter().all(|(_, t)| {
+        t.is_some_and(|t| {
+            occ[0].1.is_some_and(|f| {
+                super::key::family(tables[t].key_type) == super::key::family(tables[f].key_type)
+            })
+        })
+    });
+    if reached.iter().all(|r| *r) && same_family {
+        Ok(())
+    } else {
+        Err(refuse(
+            "a join of sharded tables that is not on their sharding keys (rows that match may be on different shards)",
+        ))
+    }
+}
 
 /// LIMIT / OFFSET of a query.
 struct Lim {

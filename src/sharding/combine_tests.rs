@@ -4,12 +4,17 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 fn tables() -> Vec<ShardedTable> {
-    vec![ShardedTable {
+    let t = |table: &str, column: &str, key_type| ShardedTable {
         schema: None,
-        table: "orders".into(),
-        column: "customer_id".into(),
-        key_type: KeyType::Int8,
-    }]
+        table: table.into(),
+        column: column.into(),
+        key_type,
+    };
+    vec![
+        t("orders", "customer_id", KeyType::Int8),
+        t("items", "customer_id", KeyType::Int8),
+        t("accounts", "email", KeyType::Text),
+    ]
 }
 
 fn combine(sql: &str) -> Combine {
@@ -221,4 +226,26 @@ fn limit_and_offset_parameters_are_read_from_the_bind_and_kept_in_the_shards_tex
     assert_eq!((st.limit, st.offset), (Some(3), 5));
     // Without the Bind's values it is refused, never guessed.
     assert!(matches!(plan(&stmts[0], &tables()), Combine::Refuse(_)));
+}
+
+#[test]
+fn sharded_tables_join_per_shard_only_on_their_keys() {
+    for sql in [
+        "SELECT * FROM orders o JOIN items i ON i.customer_id = o.customer_id",
+        "SELECT * FROM orders o LEFT JOIN items i ON o.customer_id = i.customer_id AND i.id > 3",
+        "SELECT * FROM orders JOIN items USING (customer_id)",
+        "SELECT * FROM orders o, items i WHERE o.customer_id = i.customer_id AND o.amount > 1",
+        "SELECT * FROM orders a JOIN orders b ON a.customer_id = b.customer_id",
+    ] {
+        assert_eq!(combine(sql), Combine::Concat, "{sql}");
+    }
+    for sql in [
+        "SELECT * FROM orders o JOIN items i ON i.id = o.id",
+        "SELECT * FROM orders o, items i",
+        "SELECT * FROM orders o JOIN items i ON i.customer_id = o.customer_id JOIN orders x ON x.id = o.id",
+        "SELECT * FROM orders o JOIN accounts a ON a.email = o.note",
+        "SELECT * FROM orders o JOIN (SELECT * FROM items) i ON i.customer_id = o.customer_id",
+    ] {
+        assert!(matches!(combine(sql), Combine::Refuse(_)), "{sql}");
+    }
 }

@@ -301,7 +301,7 @@ fn plan_with_write(
 
 /// Key types that compare and hash alike (integers of every width hash equal values to
 /// the same partition).
-fn family(t: KeyType) -> u8 {
+pub(crate) fn family(t: KeyType) -> u8 {
     match t {
         KeyType::Int2 | KeyType::Int4 | KeyType::Int8 => 0,
         KeyType::Text => 1,
