@@ -342,28 +342,18 @@ impl Session {
                     return self.end_merged(conns, status);
                 };
                 for f in frames {
-                    match f[0] {
-                        b'P' => protocol::parse_complete(&mut self.cout),
-                        b'B' => self.cout.extend_from_slice(&[b'2', 0, 0, 0, 4]),
-                        b'D' if f.get(5) == Some(&b'S') => {
-                            if let Some(pd) = &p.param_desc {
-                                self.cout.extend_from_slice(pd);
-                            }
-                            self.cout.extend_from_slice(&p.described);
-                        }
-                        b'D' => self
-                            .cout
-                            .extend_from_slice(&with_formats(&p.described, result_formats)),
-                        b'E' => {
-                            let bind = Binding {
-                                param_types,
-                                params,
-                                formats: result_formats,
-                            };
-                            self.stream_run(st, &p, bind, &mut conns, None).await
-                        }
-                        b'C' => protocol::close_complete(&mut self.cout),
-                        _ => {}
+                    if self.answer_unexecuted(
+                        f,
+                        &p.described,
+                        p.param_desc.as_ref(),
+                        result_formats,
+                    ) {
+                        let bind = Binding {
+                            param_types,
+                            params,
+                            formats: result_formats,
+                        };
+                        self.stream_run(st, &p, bind, &mut conns, None).await
                     }
                 }
                 return self.end_merged(conns, status);
@@ -384,30 +374,16 @@ impl Session {
             }) => {
                 // Answer each message of the batch in order, as one server would.
                 for f in frames {
-                    match f[0] {
-                        b'P' => protocol::parse_complete(&mut self.cout),
-                        b'B' => self.cout.extend_from_slice(&[b'2', 0, 0, 0, 4]),
-                        b'D' if f.get(5) == Some(&b'S') => {
-                            if let Some(p) = &param_desc {
-                                self.cout.extend_from_slice(p);
-                            }
-                            self.cout.extend_from_slice(&described);
+                    if self.answer_unexecuted(f, &described, param_desc.as_ref(), result_formats) {
+                        let Some((_, c0)) = conns.first_mut() else {
+                            break;
+                        };
+                        if !self
+                            .run_final(c0, &sql, &params, result_formats, None)
+                            .await
+                        {
+                            break;
                         }
-                        b'D' => self
-                            .cout
-                            .extend_from_slice(&with_formats(&described, result_formats)),
-                        b'E' => {
-                            if let Some((_, c0)) = conns.first_mut() {
-                                if !self
-                                    .run_final(c0, &sql, &params, result_formats, None)
-                                    .await
-                                {
-                                    break;
-                                }
-                            }
-                        }
-                        b'C' => protocol::close_complete(&mut self.cout),
-                        _ => {}
                     }
                 }
             }
@@ -415,6 +391,34 @@ impl Session {
         release(conns);
         protocol::ready_for_query(&mut self.cout, status);
         Ok(())
+    }
+
+    /// Answer one message of a merged read's batch as one server would, except Execute:
+    /// true for an Execute (the caller runs the rows there).
+    fn answer_unexecuted(
+        &mut self,
+        f: &[u8],
+        described: &Bytes,
+        param_desc: Option<&Bytes>,
+        result_formats: &[u8],
+    ) -> bool {
+        match f[0] {
+            b'P' => protocol::parse_complete(&mut self.cout),
+            b'B' => self.cout.extend_from_slice(&[b'2', 0, 0, 0, 4]),
+            b'D' if f.get(5) == Some(&b'S') => {
+                if let Some(p) = param_desc {
+                    self.cout.extend_from_slice(p);
+                }
+                self.cout.extend_from_slice(described);
+            }
+            b'D' => self
+                .cout
+                .extend_from_slice(&with_formats(described, result_formats)),
+            b'E' => return true,
+            b'C' => protocol::close_complete(&mut self.cout),
+            _ => {}
+        }
+        false
     }
 
     /// The streaming merge's preparation, when the plan has one (None: it has not).
