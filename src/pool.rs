@@ -459,9 +459,10 @@ impl Pool {
 
     /// Return a connection whose session ended (session mode). With
     /// `server_close_on_library_load` it is first asked whether its client loaded a library
-    /// (the connection stays checked out meanwhile) and closed if one did. Not used in
-    /// transaction mode: there a client's session spans servers, and closing one would lose
-    /// what pgvane does not carry over (sequence state, a C library's own state).
+    /// (the connection stays checked out meanwhile) and closed if one did. Transaction mode
+    /// checks after every transaction instead and pins the client (see
+    /// `Session::check_library_load`): closing the server mid-session would lose what
+    /// pgvane does not carry over (sequence state, a C library's own state).
     pub async fn put_after_session(&self, mut c: PooledConn) {
         if !c.broken && self.settings().library_check {
             let at_open = c.libraries_at_open;

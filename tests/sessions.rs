@@ -805,3 +805,46 @@ async fn a_backend_that_loaded_a_library_is_not_reused_when_asked() {
     let err = through(&p).await.batch_execute(PLACEHOLDER).await;
     assert!(err.is_err(), "a reused backend has PL/pgSQL loaded");
 }
+
+/// Transaction mode with `server_close_on_library_load`: a client whose transaction loads a
+/// library stays on that backend (which sees it loaded, as its own connection would), other
+/// clients get backends without it, and the backend is closed when the client leaves.
+#[tokio::test]
+async fn in_transaction_mode_a_client_that_loaded_a_library_keeps_its_backend() {
+    const PLACEHOLDER: &str = "SET plpgsql.extra_foo_warnings = true";
+    let p = start(
+        2,
+        "pool_mode = \"transaction\"\nserver_close_on_library_load = true",
+    );
+    let a = through(&p).await;
+    a.batch_execute("DO $$ BEGIN PERFORM 1; END $$")
+        .await
+        .unwrap();
+    let pa = row(&a, "SELECT pg_backend_pid()").await;
+    let b = through(&p).await;
+    // B runs while A holds its backend: B's is another, without PL/pgSQL.
+    b.batch_execute(PLACEHOLDER)
+        .await
+        .unwrap_or_else(|e| panic!("a backend without PL/pgSQL accepts the placeholder: {e}"));
+    assert_eq!(
+        row(&b, "SHOW plpgsql.extra_foo_warnings").await,
+        [Some("true".to_string())]
+    );
+    assert_ne!(row(&b, "SELECT pg_backend_pid()").await, pa);
+    // A's own connection has PL/pgSQL loaded: PostgreSQL refuses the name there.
+    let err = a.batch_execute(PLACEHOLDER).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42602"), "{err}");
+    for _ in 0..3 {
+        assert_eq!(row(&a, "SELECT pg_backend_pid()").await, pa, "A stays");
+    }
+    drop(a);
+    drop(b);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let c = through(&p).await;
+        c.batch_execute(PLACEHOLDER)
+            .await
+            .unwrap_or_else(|e| panic!("the library's backend was closed: {e}"));
+        assert_ne!(row(&c, "SELECT pg_backend_pid()").await, pa);
+    }
+}

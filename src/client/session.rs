@@ -780,7 +780,10 @@ impl Session {
         self.effective = self.ctx.startup.overlay(&self.session_params);
         let pin = c.pins.first().copied();
         if self.ctx.pin {
-            self.pinned = pin;
+            // A loaded library stays loaded: that pin ends only with the server.
+            if self.pinned != Some(state::PIN_LIBRARY) {
+                self.pinned = pin;
+            }
         } else if c.pins.contains(&1) {
             // PgBouncer's behaviour asked for: the lock must not pass to others.
             if !matches!(
@@ -797,6 +800,38 @@ impl Session {
         );
     }
 
+    /// `server_close_on_library_load` in transaction mode: did the client's transaction load
+    /// a library (PL/pgSQL on first use, LOAD, an extension)? Its state and reserved setting
+    /// prefix cannot move or be undone, so the client stays on this server (with
+    /// `pin_session_state`; otherwise the server is closed when given back), and the server
+    /// is closed when the client leaves. One query per transaction, after the client has
+    /// its answer.
+    async fn check_library_load(&mut self) {
+        let Some(conn) = self.server.as_mut() else {
+            return;
+        };
+        let at_open = conn.libraries_at_open;
+        match watched("library_settings", conn.library_settings()).await {
+            Ok(now) if now.is_some() && now == at_open && !conn.broken => {}
+            Ok(Some(_)) if !conn.broken => {
+                if self.ctx.pin {
+                    self.pinned = Some(super::tracker::state::PIN_LIBRARY);
+                    self.ctx.info.pinned.store(
+                        super::tracker::state::PIN_LIBRARY as u8 + 1,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                } else {
+                    // Closed instead of reused when it is given back.
+                    conn.broken = true;
+                }
+            }
+            _ => {
+                conn.broken = true;
+                self.drop_server();
+            }
+        }
+    }
+
     /// Give the server back when the pool mode allows it.
     async fn maybe_release(&mut self) {
         if self.ctx.mode == PoolMode::Session || !self.pending.reusable() {
@@ -811,6 +846,18 @@ impl Session {
             Box::pin(self.capture_state(change)).await;
             self.deliver_notifications();
             self.flush_client().await.ok();
+            if self.server.is_none() {
+                return;
+            }
+        }
+        if self.pinned.is_none()
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|c| c.pool.settings().library_check)
+        {
+            self.flush_client().await.ok();
+            Box::pin(self.check_library_load()).await;
             if self.server.is_none() {
                 return;
             }
@@ -937,7 +984,9 @@ impl Session {
         let _ = self.flush_client().await;
         if let Some(mut conn) = self.server.take() {
             self.clear_cancel();
-            let clean = self.pending.reusable() && !conn.broken;
+            // A library the client loaded cannot be unloaded: the server is closed.
+            let loaded = self.pinned == Some(super::tracker::state::PIN_LIBRARY);
+            let clean = self.pending.reusable() && !conn.broken && !loaded;
             if clean {
                 let mut reset = self.ctx.config.general.server_reset_query.clone();
                 let changed = self.change != super::tracker::state::Change::None;

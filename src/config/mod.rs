@@ -198,8 +198,10 @@ pub struct General {
     /// Close, rather than reuse, a server connection in which a client loaded a library
     /// (PL/pgSQL, an extension) that the backend had not loaded when it started: a loaded
     /// library cannot be unloaded, and its reserved setting prefix and settings are visible
-    /// to the next client. Session mode only; costs one query per session end, off the
-    /// client's path.
+    /// to the next client. Session mode: one query per session end, off the client's path.
+    /// Transaction mode: one query per transaction after the client has its answer; a
+    /// client that loaded a library is pinned to that backend (closed instead of reused
+    /// when `pin_session_state` is off).
     pub server_close_on_library_load: bool,
     #[serde(deserialize_with = "de_duration")]
     pub server_check_delay: Duration,

@@ -18,13 +18,17 @@ pub const SESSION_USER: &str = "session_authorization";
 pub const ROLE: &str = "role";
 
 /// What keeps a client on its server connection.
-pub const PIN_REASONS: [&str; 5] = [
+pub const PIN_REASONS: [&str; 6] = [
     "temporary object",
     "advisory lock",
     "cursor WITH HOLD",
     "prepared statement (SQL PREPARE)",
     "LISTEN",
+    "loaded library",
 ];
+
+/// Index in [`PIN_REASONS`] of a library the client loaded (`server_close_on_library_load`).
+pub const PIN_LIBRARY: usize = 5;
 
 /// The capture query: rows of (name, value).
 pub fn capture_sql(custom: &[String]) -> String {
