@@ -86,7 +86,8 @@ CONF
 }
 
 # --- pgvane: one config per mode listing every user and database the suites use -------------
-USERS=(postgres psy np pooluser)
+# (pooluser: asyncpg's pool tests; ashesh: psycopg's test_change_password creates it)
+USERS=(postgres psy np pooluser ashesh)
 DBS=(postgres template1 psy_test np_test testdb asyncpg_intro_test)
 write_config() { # mode -> path
     local f="$RUN/pgvane-$1.toml" u d

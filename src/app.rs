@@ -254,6 +254,25 @@ impl App {
         }
     }
 
+    /// Move a client's cancel key to `pid` (its session-mode backend's own process id, which
+    /// the client is then told), with a fresh secret; the slot stays the same.
+    pub fn rekey_cancel(&self, old: (i32, i32), pid: i32) -> (i32, i32) {
+        let mut map = match self.cancels.lock() {
+            Ok(m) => m,
+            Err(e) => e.into_inner(),
+        };
+        let Some(slot) = map.remove(&old) else {
+            return old;
+        };
+        loop {
+            let secret = rand::random::<i32>();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
+                e.insert(slot);
+                return (pid, secret);
+            }
+        }
+    }
+
     pub fn unregister_cancel(&self, key: (i32, i32)) {
         if let Ok(mut m) = self.cancels.lock() {
             m.remove(&key);

@@ -848,3 +848,63 @@ async fn in_transaction_mode_a_client_that_loaded_a_library_keeps_its_backend() 
         assert_ne!(row(&c, "SELECT pg_backend_pid()").await, pa);
     }
 }
+
+/// Session mode: BackendKeyData carries the process id of the session's backend, as
+/// PostgreSQL's does, so `pg_backend_pid()`, Notify senders and `pg_terminate_backend`
+/// agree with what the client was told; cancel still works through pgvane's own secret.
+#[tokio::test]
+async fn session_mode_reports_the_backends_own_process_id() {
+    use common::wire::{query, Wire};
+    let p = start(2, "pool_mode = \"session\"\nauth_type = \"trust\"");
+    let (mut a, msgs) = Wire::login_with(p.port(), &[("user", "app"), ("database", "app")]);
+    let key = msgs
+        .iter()
+        .find(|m| m.tag == b'K')
+        .unwrap_or_else(|| panic!("BackendKeyData in {msgs:?}"));
+    let pid = i32::from_be_bytes([key.body[0], key.body[1], key.body[2], key.body[3]]);
+    assert_eq!(a.simple("SELECT pg_backend_pid()"), [pid.to_string()]);
+    a.simple("LISTEN pgvane_pid_check");
+    a.send(&query("NOTIFY pgvane_pid_check"));
+    let got = a.until_ready(std::time::Duration::from_secs(5));
+    let note = got
+        .iter()
+        .find(|m| m.tag == b'A')
+        .expect("the notification");
+    assert_eq!(
+        i32::from_be_bytes([note.body[0], note.body[1], note.body[2], note.body[3]]),
+        pid,
+        "the notifying backend is the one reported"
+    );
+
+    // Cancel with the key the client was given.
+    let c = through(&p).await;
+    let token = c.cancel_token();
+    let sleeper =
+        tokio::spawn(async move { c.simple_query("SELECT pg_sleep(20)").await.map(|_| ()) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel request");
+    let err = tokio::time::timeout(std::time::Duration::from_secs(5), sleeper)
+        .await
+        .expect("cancelled in time")
+        .expect("task")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+
+    // Terminating the reported process ends that client's session, as directly.
+    let b = through(&p).await;
+    assert_eq!(
+        row(&b, &format!("SELECT pg_terminate_backend({pid})")).await,
+        [Some("t".to_string())]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    a.send(&query("SELECT 1"));
+    let after = a.drain(std::time::Duration::from_millis(500));
+    let fatal = after
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("an error after termination: {after:?}"));
+    assert_eq!(fatal.field(b'V').as_deref(), Some("FATAL"), "{after:?}");
+}

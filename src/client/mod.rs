@@ -457,8 +457,13 @@ async fn finish_login(
         app_name,
         cancel_slot.clone(),
     );
-    protocol::backend_key_data(out, cancel_key.0, cancel_key.1);
-    protocol::ready_for_query(out, b'I');
+    // Session mode: the session's one backend is checked out first and its own process id
+    // reported (the session sends BackendKeyData and ReadyForQuery), as PostgreSQL would.
+    let backend_pid = mode == crate::config::PoolMode::Session;
+    if !backend_pid {
+        protocol::backend_key_data(out, cancel_key.0, cancel_key.1);
+        protocol::ready_for_query(out, b'I');
+    }
     stream.write_all(out).await?;
     out.clear();
     let ctx = Box::new(session::SessionCtx {
@@ -473,6 +478,7 @@ async fn finish_login(
         db: runtime,
         info,
         pin: cfg.pin_for(&user, &db),
+        backend_pid,
     });
     Ok((Login::Session(ctx), slot))
 }

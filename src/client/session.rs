@@ -47,6 +47,9 @@ pub struct SessionCtx {
     pub info: Arc<ClientInfo>,
     /// `pin_session_state` for this user and database.
     pub pin: bool,
+    /// Session mode: the login reply (BackendKeyData with the backend's own process id,
+    /// ReadyForQuery) is still to be sent, after checking out the session's server.
+    pub backend_pid: bool,
 }
 
 /// How a session ends.
@@ -280,11 +283,40 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         custom_settings: Vec::new(),
         pinned: None,
     };
-    let end = s.main_loop().await;
+    let end = match s.finish_login().await {
+        Ok(()) => s.main_loop().await,
+        Err(end) => end,
+    };
     s.finish(end).await;
 }
 
 impl Session {
+    /// Session mode: check out the session's server now and tell the client its process id
+    /// in BackendKeyData (with pgvane's own secret), so `pg_backend_pid()`, Notify pids and
+    /// `pg_terminate_backend` match what the client was told. A checkout that fails ends
+    /// the login with FATAL, as a refused connection does.
+    async fn finish_login(&mut self) -> Result<(), End> {
+        if !self.ctx.backend_pid {
+            return Ok(());
+        }
+        let mark = self.cout.len();
+        if !self.ensure_server().await? {
+            let queued = self.cout.split_off(mark);
+            let e = protocol::parse_error(&queued);
+            protocol::error_response(&mut self.cout, "FATAL", &e.code, &e.message);
+            return Err(End::Closed);
+        }
+        let pid = self.server.as_ref().map_or(0, |c| c.pid);
+        if pid != 0 {
+            self.ctx.cancel_key = self.app.rekey_cancel(self.ctx.cancel_key, pid);
+        }
+        let (p, secret) = self.ctx.cancel_key;
+        protocol::backend_key_data(&mut self.cout, p, secret);
+        protocol::ready_for_query(&mut self.cout, b'I');
+        self.flush_client().await?;
+        Ok(())
+    }
+
     async fn main_loop(&mut self) -> End {
         match self.main_loop_inner().await {
             Ok(()) => End::ClientGone,

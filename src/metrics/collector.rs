@@ -341,7 +341,10 @@ impl Collector for AppCollector {
         // Clients by (database, user, state); every pair with a pool or a client gets all
         // three states so series do not appear and vanish.
         let mut clients: BTreeMap<(String, String), [u64; 3]> = BTreeMap::new();
-        let mut pinned: BTreeMap<(String, String), [u64; 5]> = BTreeMap::new();
+        let mut pinned: BTreeMap<
+            (String, String),
+            [u64; crate::client::tracker::state::PIN_REASONS.len()],
+        > = BTreeMap::new();
         for c in app.clients_snapshot() {
             let p = c.pinned.load(Ordering::Relaxed) as usize;
             let counts = pinned
