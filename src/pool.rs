@@ -278,7 +278,21 @@ impl Pool {
     /// [`Pool::get`], taking the idle connection `prefer` (a server id) if it is idle.
     pub async fn get_prefer(
         self: &Arc<Self>,
+        prefer: Option<u64>,
+    ) -> Result<PooledConn, PoolError> {
+        self.get_inner(prefer, true).await
+    }
+
+    /// [`Pool::get`] only when a server slot is free now (an idle server, or room to open
+    /// one); `Err(PoolError::Timeout(0))` instead of waiting for another client.
+    pub async fn get_without_waiting(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        self.get_inner(None, false).await
+    }
+
+    async fn get_inner(
+        self: &Arc<Self>,
         mut prefer: Option<u64>,
+        wait: bool,
     ) -> Result<PooledConn, PoolError> {
         while self.paused.load(Ordering::Acquire) {
             let notified = self.resumed.notified();
@@ -291,7 +305,14 @@ impl Pool {
             return Err(PoolError::Closed);
         }
         let s = self.settings();
-        let permit = self.acquire_permit(&s).await?;
+        let permit = if wait {
+            self.acquire_permit(&s).await?
+        } else {
+            self.main
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| PoolError::Timeout(Duration::ZERO))?
+        };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         loop {
             let candidate = self.idle.lock().ok().and_then(|mut v| {

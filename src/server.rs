@@ -542,10 +542,17 @@ impl ServerConn {
     }
 
     /// Cheap liveness test without a round trip: an idle server has nothing to say, so any
-    /// readable byte (an error before closing) or EOF means it is gone.
+    /// readable byte (an error before closing) or EOF means it is gone. No system call in
+    /// the common case: the reactor's read readiness was cleared by the last (short) read of
+    /// the server's answer, and stays clear until the socket gets data or EOF; only then is
+    /// the socket probed.
     pub fn looks_alive(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {

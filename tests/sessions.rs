@@ -908,3 +908,18 @@ async fn session_mode_reports_the_backends_own_process_id() {
         .unwrap_or_else(|| panic!("an error after termination: {after:?}"));
     assert_eq!(fatal.field(b'V').as_deref(), Some("FATAL"), "{after:?}");
 }
+
+/// Session mode with every server taken: a login does not wait for another client's session
+/// (as with PgBouncer, the server is assigned at the first statement), and the statement
+/// runs once a server is free.
+#[tokio::test]
+async fn session_mode_login_does_not_wait_for_a_busy_pool() {
+    let p = start(1, "pool_mode = \"session\"");
+    let a = through(&p).await;
+    assert_eq!(row(&a, "SELECT 1").await, [Some("1".to_string())]);
+    let b = tokio::time::timeout(std::time::Duration::from_secs(2), through(&p))
+        .await
+        .expect("a login while the only server is another session's");
+    drop(a);
+    assert_eq!(row(&b, "SELECT 2").await, [Some("2".to_string())]);
+}

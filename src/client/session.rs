@@ -178,6 +178,8 @@ pub struct Session {
     pub(super) custom_settings: Vec<String>,
     /// What keeps this client on its server (transaction/statement mode), if anything.
     pub(super) pinned: Option<usize>,
+    /// Checking out at login: take a free server slot or none, never wait.
+    pub(super) login_no_wait: bool,
 }
 
 /// How bringing a server to the client's settings went.
@@ -282,6 +284,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         change: super::tracker::state::Change::None,
         custom_settings: Vec::new(),
         pinned: None,
+        login_no_wait: false,
     };
     let end = match s.finish_login().await {
         Ok(()) => s.main_loop().await,
@@ -300,11 +303,18 @@ impl Session {
             return Ok(());
         }
         let mark = self.cout.len();
-        if !self.ensure_server().await? {
+        // Only a server free now: a login never waits for another client's session (with
+        // the pool busy the client gets pgvane's own process id and its server later).
+        self.login_no_wait = true;
+        let got = self.ensure_server().await;
+        self.login_no_wait = false;
+        if !got? {
             let queued = self.cout.split_off(mark);
             let e = protocol::parse_error(&queued);
-            protocol::error_response(&mut self.cout, "FATAL", &e.code, &e.message);
-            return Err(End::Closed);
+            if e.code != "53300" {
+                protocol::error_response(&mut self.cout, "FATAL", &e.code, &e.message);
+                return Err(End::Closed);
+            }
         }
         let pid = self.server.as_ref().map_or(0, |c| c.pid);
         if pid != 0 {
@@ -617,7 +627,11 @@ impl Session {
             let pool = self.pool_for(target.as_ref());
             // The server this client released last, if idle: its sequence state is there.
             let prefer = self.seq_home.map(|(id, _)| id);
-            let got = watched("pool.get", Box::pin(pool.get_prefer(prefer))).await;
+            let got = if self.login_no_wait {
+                pool.get_without_waiting().await
+            } else {
+                watched("pool.get", Box::pin(pool.get_prefer(prefer))).await
+            };
             self.ctx
                 .info
                 .state
