@@ -73,6 +73,10 @@ pub fn entries(g: &General) -> Vec<(&'static str, String)> {
             "max_prepared_statements",
             g.max_prepared_statements.to_string(),
         ),
+        (
+            "cache_unnamed_statements",
+            g.cache_unnamed_statements.to_string(),
+        ),
         ("shutdown_timeout", d(g.shutdown_timeout)),
         ("workers", g.workers.to_string()),
         ("max_message_size", g.max_message_size.to_string()),

@@ -214,6 +214,11 @@ impl Session {
                 }
             }
         }
+        let frame = if self.cache_unnamed {
+            self.name_unnamed(frame)?
+        } else {
+            frame
+        };
         if matches!(tag, b'Q' | b'P') {
             self.free_databases_named_in(tag, &frame);
         }
@@ -306,6 +311,10 @@ impl Session {
                     self.push_synthetic(Bytes::from_static(CLOSE_COMPLETE));
                     return Ok(());
                 }
+                if kind == b'S' && self.rewrite {
+                    // The client's unnamed statement is gone (a later Bind gets 26000).
+                    self.unnamed_stmt = None;
+                }
                 if !self.need_server_extended().await? {
                     return Ok(());
                 }
@@ -387,6 +396,46 @@ impl Session {
         Ok(true)
     }
 
+    /// `cache_unnamed_statements`: the client's unnamed statement becomes the client
+    /// statement [`UNNAMED_KEY`], so it is shared, cached and re-prepared like a named one.
+    /// A Parse of the unnamed statement replaces it (no 42P05, as PostgreSQL), a Bind,
+    /// Describe or Close of it refers to it while it exists, and a simple Query destroys it
+    /// (PostgreSQL's rule); while it does not exist such frames pass unchanged, so the
+    /// server answers them as PostgreSQL would.
+    fn name_unnamed(&mut self, frame: Bytes) -> Result<Bytes, End> {
+        let exists = self.stmts.contains_key(UNNAMED_KEY);
+        let mut out = bytes::BytesMut::new();
+        match frame[0] {
+            b'Q' => {
+                self.stmts.remove(UNNAMED_KEY);
+                return Ok(frame);
+            }
+            b'P' => {
+                let p = protocol::parse_parse(&frame)?;
+                if !p.name.is_empty() {
+                    return Ok(frame);
+                }
+                protocol::parse_msg(&mut out, UNNAMED_KEY, p.query, p.param_types);
+            }
+            b'B' if exists => {
+                let b = protocol::parse_bind(&frame)?;
+                if !b.statement.is_empty() {
+                    return Ok(frame);
+                }
+                protocol::bind_msg(&mut out, b.portal, UNNAMED_KEY, b.rest);
+            }
+            tag @ (b'D' | b'C') if exists => {
+                let (kind, name) = protocol::parse_target(&frame)?;
+                if kind != b'S' || !name.is_empty() {
+                    return Ok(frame);
+                }
+                protocol::target_msg(&mut out, tag, b'S', UNNAMED_KEY);
+            }
+            _ => return Ok(frame),
+        }
+        Ok(out.freeze())
+    }
+
     /// Checkout for an extended-protocol message; on failure skip to the next Sync.
     async fn need_server_extended(&mut self) -> Result<bool, End> {
         if self.ensure_server().await? {
@@ -462,7 +511,12 @@ impl Session {
                 if b.statement.is_empty() {
                     self.ensure_unnamed();
                     self.bound_set = self.unnamed_set.clone();
-                    if self.unnamed_reads_sequence && !self.sequence_state_here() {
+                    if self.rewrite && self.unnamed_stmt.is_none() && !self.pending.skipping() {
+                        // The client has no unnamed statement; the server's may be another
+                        // client's. PostgreSQL's answer, and nothing runs.
+                        refuse = Some(NO_UNNAMED);
+                        protocol::bind_msg(&mut self.sout, b.portal, REFUSED, b.rest);
+                    } else if self.unnamed_reads_sequence && !self.sequence_state_here() {
                         refuse = Some(SEQUENCE_REFUSAL);
                         protocol::bind_msg(&mut self.sout, b.portal, REFUSED, b.rest);
                     } else {
@@ -564,4 +618,15 @@ impl Session {
 }
 
 const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+
+/// The client-side name pgvane gives a client's unnamed statement under
+/// `cache_unnamed_statements`. Statement names are C strings chosen by the client; one
+/// starting with a control character is not a name a driver uses.
+/// A Bind of the unnamed statement when the client has none.
+const NO_UNNAMED: super::tracker::pending::Refusal = super::tracker::pending::Refusal {
+    code: "26000",
+    message: "unnamed prepared statement does not exist",
+};
+
+pub(super) const UNNAMED_KEY: &[u8] = b"\x01pgvane_unnamed";
 const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];

@@ -478,6 +478,7 @@ async fn finish_login(
         db: runtime,
         info,
         pin: cfg.pin_for(&user, &db),
+        cache_unnamed: cfg.cache_unnamed_for(&user, &db),
         backend_pid,
     });
     Ok((Login::Session(ctx), slot))

@@ -47,6 +47,8 @@ pub struct SessionCtx {
     pub info: Arc<ClientInfo>,
     /// `pin_session_state` for this user and database.
     pub pin: bool,
+    /// `cache_unnamed_statements` for this user and database.
+    pub cache_unnamed: bool,
     /// Session mode: the login reply (BackendKeyData with the backend's own process id,
     /// ReadyForQuery) is still to be sent, after checking out the session's server.
     pub backend_pid: bool,
@@ -180,6 +182,9 @@ pub struct Session {
     pub(super) pinned: Option<usize>,
     /// Checking out at login: take a free server slot or none, never wait.
     pub(super) login_no_wait: bool,
+    /// The client's unnamed statement runs as a shared named one (see
+    /// `forward::UNNAMED_KEY`).
+    pub(super) cache_unnamed: bool,
 }
 
 /// How bringing a server to the client's settings went.
@@ -225,6 +230,7 @@ pub(super) async fn watched<F: std::future::Future>(label: &'static str, f: F) -
 pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
     let rewrite = ctx.mode != PoolMode::Session;
     let routing = ctx.mode != PoolMode::Session && ctx.db.needs_analysis();
+    let cache_unnamed = rewrite && !routing && ctx.cache_unnamed;
     let effective = ctx.startup.clone();
     let max_message = ctx.config.general.max_message_size;
     let mut s = Session {
@@ -285,6 +291,7 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         custom_settings: Vec::new(),
         pinned: None,
         login_no_wait: false,
+        cache_unnamed,
     };
     let end = match s.finish_login().await {
         Ok(()) => s.main_loop().await,

@@ -213,6 +213,12 @@ pub struct General {
     /// PREPARE, LISTEN). False: PgBouncer's behaviour (such state is lost or seen by
     /// others; advisory locks are released when the server is handed on).
     pub pin_session_state: bool,
+    /// Transaction/statement mode, databases without routing: an unnamed Parse (what most
+    /// drivers send with the extended protocol) runs as the shared named statement of its
+    /// text, so a server that already has it skips parse and analysis. PostgreSQL may then
+    /// use a generic plan after five executions (`plan_cache_mode` applies), as for any
+    /// named statement. Default false.
+    pub cache_unnamed_statements: bool,
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
     /// 0 = one worker per CPU core.
@@ -256,6 +262,7 @@ impl Default for General {
             server_check_query: "SELECT 1".to_string(),
             max_prepared_statements: 200,
             pin_session_state: true,
+            cache_unnamed_statements: false,
             shutdown_timeout: Duration::from_secs(30),
             workers: 0,
             max_message_size: 256 * 1024 * 1024,
@@ -290,6 +297,8 @@ pub struct User {
     pub pool_mode: Option<PoolMode>,
     #[serde(default)]
     pub pin_session_state: Option<bool>,
+    #[serde(default)]
+    pub cache_unnamed_statements: Option<bool>,
 }
 
 /// What kind of secret a [`User::password`] holds.
@@ -339,6 +348,8 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     #[serde(default)]
     pub pin_session_state: Option<bool>,
+    #[serde(default)]
+    pub cache_unnamed_statements: Option<bool>,
     #[serde(default)]
     pub shards: Vec<Shard>,
     #[serde(default)]
@@ -492,6 +503,13 @@ impl Config {
         user.pin_session_state
             .or(db.pin_session_state)
             .unwrap_or(self.general.pin_session_state)
+    }
+
+    /// `cache_unnamed_statements`: user override > database override > general.
+    pub fn cache_unnamed_for(&self, user: &User, db: &Database) -> bool {
+        user.cache_unnamed_statements
+            .or(db.cache_unnamed_statements)
+            .unwrap_or(self.general.cache_unnamed_statements)
     }
 
     /// Effective pool size: user override > database override > `general.default_pool_size`.

@@ -120,6 +120,7 @@ fn example_file_is_valid_and_complete() {
         "server_check_query",
         "max_prepared_statements",
         "pin_session_state",
+        "cache_unnamed_statements",
         "shutdown_timeout",
         "workers",
         "max_message_size",
@@ -581,12 +582,14 @@ fn programmatic_config() {
             pool_size: None,
             pool_mode: None,
             pin_session_state: None,
+            cache_unnamed_statements: None,
         }],
         databases: vec![Database {
             name: "d".into(),
             pool_size: None,
             pool_mode: None,
             pin_session_state: None,
+            cache_unnamed_statements: None,
             shards: vec![Shard {
                 primary: Backend {
                     host: "::1".into(),

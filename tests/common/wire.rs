@@ -77,6 +77,18 @@ pub fn parse(name: &str, sql: &str) -> Vec<u8> {
     frame(b'P', &b)
 }
 
+/// Parse with declared parameter type OIDs.
+pub fn parse_typed(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    cstr(&mut b, name);
+    cstr(&mut b, sql);
+    b.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    for t in types {
+        b.extend_from_slice(&t.to_be_bytes());
+    }
+    frame(b'P', &b)
+}
+
 /// Bind with text-format parameters (None = NULL) and text results.
 pub fn bind(portal: &str, stmt: &str, params: &[Option<&str>]) -> Vec<u8> {
     let mut b = Vec::new();
