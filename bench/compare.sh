@@ -48,7 +48,7 @@ for m in $MODES; do
         *) die "unknown mode '$m' (select-simple select-extended select-prepared tpcb-simple tpcb-extended tpcb-prepared)";; esac
 done
 for s in $SYSTEMS; do
-    case "$s" in direct|pgbouncer|pgvane|pgvane-split) ;; *) die "unknown system '$s'";; esac
+    case "$s" in direct|pgbouncer|pgvane|pgvane-split|pgvane-cache) ;; *) die "unknown system '$s'";; esac
 done
 [ "$(id -u)" -eq 0 ] || die "run as root (PostgreSQL and PgBouncer are started as the postgres user with runuser)"
 id postgres >/dev/null 2>&1 || die "no postgres user (apt-get install postgresql)"
@@ -85,7 +85,7 @@ if [ "$BUILD" = 1 ]; then
     cargo build --release --quiet --bin pgvane
     [ -z "$CONN_SYSTEMS" ] || cargo build --release --quiet --example conn_scale
 fi
-if has pgvane || has pgvane-split; then [ -x "$PGVANE_BIN" ] || die "$PGVANE_BIN missing (BUILD=1 builds it)"; fi
+if has pgvane || has pgvane-split || has pgvane-cache; then [ -x "$PGVANE_BIN" ] || die "$PGVANE_BIN missing (BUILD=1 builds it)"; fi
 [ -z "$CONN_SYSTEMS" ] || [ -x "$CONN_SCALE_BIN" ] || die "$CONN_SCALE_BIN missing (BUILD=1 builds it)"
 
 # Open-files limit: PgBouncer and pgvane inherit it (PgBouncer through `ulimit` after
@@ -224,8 +224,8 @@ fi
 
 # ---- pgvane -------------------------------------------------------------------------------
 PGVANE_VERSION="-"
-start_pgvane() { # name port split(true|false)
-    local name="$1" port="$2" split="$3" replicas=""
+start_pgvane() { # name port split(true|false) [cache_unnamed_statements(true|false)]
+    local name="$1" port="$2" split="$3" cache="${4:-false}" replicas=""
     [ "$split" = true ] && replicas="replicas = [ { host = \"127.0.0.1\", port = $REPLICA_PORT, dbname = \"$DB\" } ]"
     cat > "$WORK/$name.toml" <<CONF
 [general]
@@ -235,6 +235,7 @@ auth_type = "scram-sha-256"
 default_pool_size = $POOL_SIZE
 max_client_conn = 20000
 workers = $PGVANE_WORKERS
+cache_unnamed_statements = $cache
 
 [[users]]
 name = "$USER_NAME"
@@ -257,8 +258,9 @@ CONF
     wait_port "$port" 20 || { cat "$WORK/$name.log" >&2; die "$name did not start"; }
     eval "PID_${name//-/_}=$pid"
 }
-PGVANE_PORT=""; PGVANE_SPLIT_PORT=""; PID_pgvane=""; PID_pgvane_split=""
-if has pgvane || has pgvane-split; then PGVANE_VERSION="$("$PGVANE_BIN" --version)"; fi
+PGVANE_PORT=""; PGVANE_SPLIT_PORT=""; PGVANE_CACHE_PORT=""
+PID_pgvane=""; PID_pgvane_split=""; PID_pgvane_cache=""
+if has pgvane || has pgvane-split || has pgvane-cache; then PGVANE_VERSION="$("$PGVANE_BIN" --version)"; fi
 if has pgvane; then
     PGVANE_PORT="$(free_port)"
     log "$PGVANE_VERSION (split off) on 127.0.0.1:$PGVANE_PORT"
@@ -269,14 +271,21 @@ if has pgvane-split; then
     log "$PGVANE_VERSION (split on, replica 127.0.0.1:$REPLICA_PORT) on 127.0.0.1:$PGVANE_SPLIT_PORT"
     start_pgvane pgvane-split "$PGVANE_SPLIT_PORT" true
 fi
+if has pgvane-cache; then
+    PGVANE_CACHE_PORT="$(free_port)"
+    log "$PGVANE_VERSION (cache_unnamed_statements on) on 127.0.0.1:$PGVANE_CACHE_PORT"
+    start_pgvane pgvane-cache "$PGVANE_CACHE_PORT" false true
+fi
 
 port_of() {
     case "$1" in direct) echo "$PG_PORT";; pgbouncer) echo "$PGB_PORT";;
-        pgvane) echo "$PGVANE_PORT";; pgvane-split) echo "$PGVANE_SPLIT_PORT";; esac
+        pgvane) echo "$PGVANE_PORT";; pgvane-split) echo "$PGVANE_SPLIT_PORT";;
+        pgvane-cache) echo "$PGVANE_CACHE_PORT";; esac
 }
 pid_of() {
     case "$1" in direct) echo "";; pgbouncer) echo "$PGBOUNCER_PID";;
-        pgvane) echo "$PID_pgvane";; pgvane-split) echo "$PID_pgvane_split";; esac
+        pgvane) echo "$PID_pgvane";; pgvane-split) echo "$PID_pgvane_split";;
+        pgvane-cache) echo "$PID_pgvane_cache";; esac
 }
 cpu_ticks() { # pid -> utime+stime of the whole process (all threads), in clock ticks
     [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo ""; return; }
@@ -420,7 +429,7 @@ proxy_log_excerpt() { # file -> first error/warning lines
     echo "conn_active=$CONN_ACTIVE"
     echo "conn_seconds=$CONN_SECONDS"
     echo "nofile=$NOFILE"
-    for f in pgbouncer.log pgvane.log pgvane-split.log; do
+    for f in pgbouncer.log pgvane.log pgvane-split.log pgvane-cache.log; do
         proxy_log_excerpt "$WORK/$f" | sed "s|^|log_excerpt=${f%.log}: |"
     done
 } > "$META"

@@ -29,9 +29,9 @@ CONN_FIELDS = [
     "lat_mean_ms", "lat_p99_ms", "query_errors", "proxy_cpu_us_per_query", "open_at_end",
     "errors",
 ]
-SYSTEM_ORDER = ["direct", "pgbouncer", "pgvane", "pgvane-split"]
+SYSTEM_ORDER = ["direct", "pgbouncer", "pgvane", "pgvane-split", "pgvane-cache"]
 SYSTEM_LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgvane": "pgvane",
-                "pgvane-split": "pgvane-split"}
+                "pgvane-split": "pgvane-split", "pgvane-cache": "pgvane-cache"}
 MODE_ORDER = ["select-simple", "select-extended", "select-prepared", "tpcb-simple",
               "tpcb-extended", "tpcb-prepared"]
 
@@ -248,7 +248,7 @@ def cmd_summary(a):
                f"{meta.get('pool_size', '?')}, SCRAM-SHA-256 client auth; PostgreSQL with fsync off")
     out.append("- pgvane = read/write split off (primary only); pgvane-split = split on "
                f"(primary + one streaming replica); pgvane workers = {meta.get('pgvane_workers', '0')} "
-               "(0 = one per core)")
+               "(0 = one per core); pgvane-cache = cache_unnamed_statements on")
     out.append("")
 
     # Compact TPS table.
@@ -264,6 +264,8 @@ def cmd_summary(a):
         ratio_cols.append(("pgvane-split", "pgbouncer", "split/PgBouncer"))
     if "pgvane-split" in systems and "direct" in systems:
         ratio_cols.append(("pgvane-split", "direct", "split/direct"))
+    if "pgvane-cache" in systems and "pgbouncer" in systems:
+        ratio_cols.append(("pgvane-cache", "pgbouncer", "cache/PgBouncer"))
     hdr += [c[2] for c in ratio_cols]
     out.append("| " + " | ".join(hdr) + " |")
     out.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(hdr) - 2)) + "|")
