@@ -64,8 +64,10 @@ find_pg_bin() {
     die "PostgreSQL server binaries not found (apt-get install postgresql postgresql-contrib)"
 }
 PGBIN="$(find_pg_bin)"
-PGBOUNCER_BIN=""
-if has pgbouncer; then
+# PGBOUNCER_BIN: the PgBouncer to measure (bench/build_pgbouncer.sh builds 1.25.2 and prints
+# its path); default the installed one (Debian's 1.18), installed with apt-get when missing.
+PGBOUNCER_BIN="${PGBOUNCER_BIN:-}"
+if has pgbouncer && [ -z "$PGBOUNCER_BIN" ]; then
     PGBOUNCER_BIN="$(command -v pgbouncer || true)"
     [ -z "$PGBOUNCER_BIN" ] && [ -x /usr/sbin/pgbouncer ] && PGBOUNCER_BIN=/usr/sbin/pgbouncer
     if [ -z "$PGBOUNCER_BIN" ]; then
@@ -76,8 +78,8 @@ if has pgbouncer; then
         apt-get install -y -qq pgbouncer >/dev/null
         PGBOUNCER_BIN="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
     fi
-    [ -x "$PGBOUNCER_BIN" ] || die "pgbouncer not found"
 fi
+if has pgbouncer; then [ -x "$PGBOUNCER_BIN" ] || die "pgbouncer not found ($PGBOUNCER_BIN)"; fi
 command -v python3 >/dev/null || die "python3 is needed for the report"
 
 if [ "$BUILD" = 1 ]; then
