@@ -619,14 +619,14 @@ impl Session {
 
 const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
 
-/// The client-side name pgvane gives a client's unnamed statement under
-/// `cache_unnamed_statements`. Statement names are C strings chosen by the client; one
-/// starting with a control character is not a name a driver uses.
 /// A Bind of the unnamed statement when the client has none.
 const NO_UNNAMED: super::tracker::pending::Refusal = super::tracker::pending::Refusal {
     code: "26000",
     message: "unnamed prepared statement does not exist",
 };
 
+/// The client-side name pgvane gives a client's unnamed statement under
+/// `cache_unnamed_statements`. Statement names are C strings chosen by the client; one
+/// starting with a control character is not a name a driver uses.
 pub(super) const UNNAMED_KEY: &[u8] = b"\x01pgvane_unnamed";
 const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];

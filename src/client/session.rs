@@ -180,8 +180,6 @@ pub struct Session {
     pub(super) custom_settings: Vec<String>,
     /// What keeps this client on its server (transaction/statement mode), if anything.
     pub(super) pinned: Option<usize>,
-    /// Checking out at login: take a free server slot or none, never wait.
-    pub(super) login_no_wait: bool,
     /// The client's unnamed statement runs as a shared named one (see
     /// `forward::UNNAMED_KEY`).
     pub(super) cache_unnamed: bool,
@@ -290,7 +288,6 @@ pub async fn run(app: Arc<App>, client: TcpStream, ctx: SessionCtx) {
         change: super::tracker::state::Change::None,
         custom_settings: Vec::new(),
         pinned: None,
-        login_no_wait: false,
         cache_unnamed,
     };
     let end = match s.finish_login().await {
@@ -312,10 +309,7 @@ impl Session {
         let mark = self.cout.len();
         // Only a server free now: a login never waits for another client's session (with
         // the pool busy the client gets pgvane's own process id and its server later).
-        self.login_no_wait = true;
-        let got = self.ensure_server().await;
-        self.login_no_wait = false;
-        if !got? {
+        if !self.checkout(None, false).await? {
             let queued = self.cout.split_off(mark);
             let e = protocol::parse_error(&queued);
             if e.code != "53300" {
@@ -621,6 +615,12 @@ impl Session {
     }
 
     pub(super) async fn ensure_server_for(&mut self, target: Option<Target>) -> Result<bool, End> {
+        self.checkout(target, true).await
+    }
+
+    /// [`Session::ensure_server_for`]; with `wait` false only a server slot free now (the
+    /// pool's error otherwise, 53300 when every slot is taken).
+    async fn checkout(&mut self, target: Option<Target>, wait: bool) -> Result<bool, End> {
         if self.server.is_some() {
             return Ok(true);
         }
@@ -634,10 +634,10 @@ impl Session {
             let pool = self.pool_for(target.as_ref());
             // The server this client released last, if idle: its sequence state is there.
             let prefer = self.seq_home.map(|(id, _)| id);
-            let got = if self.login_no_wait {
-                pool.get_without_waiting().await
-            } else {
+            let got = if wait {
                 watched("pool.get", Box::pin(pool.get_prefer(prefer))).await
+            } else {
+                pool.get_without_waiting().await
             };
             self.ctx
                 .info
@@ -847,8 +847,15 @@ impl Session {
                 conn.broken = true;
             }
         }
+        self.set_pinned(self.pinned);
+    }
+
+    /// What keeps the client on its server (an index in `PIN_REASONS`), also as SHOW
+    /// CLIENTS and `/metrics` see it.
+    fn set_pinned(&mut self, pin: Option<usize>) {
+        self.pinned = pin;
         self.ctx.info.pinned.store(
-            self.pinned.map_or(0, |i| i as u8 + 1),
+            pin.map_or(0, |i| i as u8 + 1),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
@@ -868,11 +875,7 @@ impl Session {
             Ok(now) if now.is_some() && now == at_open && !conn.broken => {}
             Ok(Some(_)) if !conn.broken => {
                 if self.ctx.pin {
-                    self.pinned = Some(super::tracker::state::PIN_LIBRARY);
-                    self.ctx.info.pinned.store(
-                        super::tracker::state::PIN_LIBRARY as u8 + 1,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
+                    self.set_pinned(Some(super::tracker::state::PIN_LIBRARY));
                 } else {
                     // Closed instead of reused when it is given back.
                     conn.broken = true;
@@ -980,11 +983,7 @@ impl Session {
             drop(conn);
         }
         // What pinned the client was on that server and is gone with it.
-        self.pinned = None;
-        self.ctx
-            .info
-            .pinned
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.set_pinned(None);
         self.held = None;
         self.pending = Pending::new();
     }
